@@ -1,0 +1,13 @@
+//! cairn's engine: content-addressed chunks in immutable packs, canonical trees, a SQLite
+//! catalog, and the operations on machines (checkpoint, restore, fork, diff, gc, check).
+//!
+//! Modules are private; this file re-exports the deliberate public API.
+
+mod catalog;
+mod chunker;
+mod engine;
+mod model;
+mod rootfs;
+mod store;
+
+pub use model::*;
