@@ -29,7 +29,7 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
-/// A flat store of immutable objects named by `/`-separated keys of `[a-z0-9._-]` segments.
+/// A flat store of immutable objects named by `/`-separated keys of `[A-Za-z0-9._-]` segments.
 ///
 /// Contract for every implementation:
 /// - `put` is atomic: a reader sees the whole object or none of it, never a prefix. It is
@@ -68,9 +68,9 @@ pub fn validate_key(key: &str) -> Result<(), BackendError> {
         }
         if !seg
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            return bad("only [a-z0-9._-] is allowed in a segment");
+            return bad("only [A-Za-z0-9._-] is allowed in a segment");
         }
     }
     Ok(())
