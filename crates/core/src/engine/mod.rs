@@ -1,1 +1,158 @@
-//! stub
+//! Operations on machines: ingest a directory into a tree, materialize a tree into a directory,
+//! diff trees, and the checkpoint / restore / fork / delete / gc / check verbs built on them.
+//!
+//! **Invariant:** the engine parses no CLI arguments and prints nothing; it returns reports that
+//! the CLI renders. Every blob a committed checkpoint references is in a durable pack and in the
+//! catalog before the checkpoint row commits (see ARCHITECTURE.md, "commit protocol").
+
+mod blobs;
+mod check;
+mod checkpoint;
+mod diff;
+mod error;
+mod gc;
+mod ingest;
+mod lock;
+mod machine;
+mod manifest;
+mod materialize;
+mod restore;
+mod statcache;
+mod usage;
+mod view;
+
+pub use check::{CheckOptions, CheckReport, Finding};
+pub use checkpoint::{CheckpointInfo, CheckpointOptions, CheckpointReport};
+pub use diff::{Change, ChangeKind};
+pub use error::EngineError;
+pub use gc::{GcOptions, GcReport};
+pub use machine::{CreateMachineOptions, MachineInfo};
+pub use restore::{ForkOptions, RestoreOptions, RestoreReport};
+pub use usage::{CheckpointUsage, DuReport, MachineUsage};
+
+use crate::catalog::{AuditRecord, Catalog};
+use crate::store::{LocalBackend, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Receives progress of long work. The CLI draws bars on a terminal; tests pass `NoProgress`.
+pub trait Progress: Send + Sync {
+    /// A new phase starts; `total` is in bytes when known.
+    fn phase(&self, name: &str, total: Option<u64>);
+    /// `n` more bytes (or items) of the current phase are done.
+    fn advance(&self, n: u64);
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn phase(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// How a `Repo` is opened.
+#[derive(Clone, Debug)]
+pub struct RepoOptions {
+    /// The cairn home: catalog, store, locks and per-machine state live under it.
+    pub home: PathBuf,
+    /// Who is acting; recorded on checkpoints and in the audit log.
+    pub author: String,
+    /// How long to wait for another command that holds a machine's lock.
+    pub lock_wait: Duration,
+}
+
+/// An open cairn home: the catalog, the store and the machines they describe.
+pub struct Repo {
+    home: PathBuf,
+    author: String,
+    lock_wait: Duration,
+    catalog: Catalog,
+    store: Store,
+}
+
+impl Repo {
+    /// Opens the home, creating it (and an empty store and catalog) on first use.
+    pub fn open(opts: &RepoOptions) -> Result<Repo> {
+        let home = &opts.home;
+        for sub in ["", "store", "locks", "machines"] {
+            let p = home.join(sub);
+            std::fs::create_dir_all(&p).map_err(|source| EngineError::Io {
+                op: "create directory",
+                path: p.clone(),
+                source,
+            })?;
+        }
+        let catalog = Catalog::open(&home.join("catalog.db"))?;
+        let backend = LocalBackend::open(&home.join("store"))?;
+        Ok(Repo {
+            home: home.canonicalize().unwrap_or_else(|_| home.clone()),
+            author: opts.author.clone(),
+            lock_wait: opts.lock_wait,
+            catalog,
+            store: Store::new(Arc::new(backend)),
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn catalog_path(&self) -> PathBuf {
+        self.home.join("catalog.db")
+    }
+
+    fn machine_state_dir(&self, uid: &str) -> PathBuf {
+        self.home.join("machines").join(uid)
+    }
+
+    /// Records an operation in the audit log. Failure to audit never masks the operation's own
+    /// outcome, so errors here are logged and dropped.
+    fn audit(&self, op: &str, machine: Option<&str>, target: Option<&str>, outcome: &Result<String>) {
+        let (outcome, detail) = match outcome {
+            Ok(d) => ("ok", d.clone()),
+            Err(e) => ("error", e.to_string()),
+        };
+        let rec = AuditRecord {
+            time: now_ns(),
+            author: &self.author,
+            op,
+            machine,
+            target,
+            outcome,
+            detail: &detail,
+        };
+        if let Err(e) = self.catalog.append_audit(&rec) {
+            tracing::warn!("could not write the audit log: {e}");
+        }
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self, machine: Option<&str>, limit: Option<u64>) -> Result<Vec<crate::catalog::AuditRow>> {
+        Ok(self.catalog.audit(machine, limit)?)
+    }
+}
+
+/// Wall-clock time in Unix nanoseconds.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Joins relative path components for messages and diff output: `etc/hosts`.
+pub(crate) fn join_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+        p.extend_from_slice(parent);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}

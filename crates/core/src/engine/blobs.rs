@@ -1,0 +1,236 @@
+//! Writing and reading blobs (chunks and trees) for one operation.
+//!
+//! `BlobWriter` dedups against the catalog and this session's own writes, compresses on the
+//! caller's thread (so ingest workers compress in parallel), and fills packs that it uploads and
+//! indexes as they fill. `BlobSource` reads blobs back through the catalog's index, keeping
+//! decoded trees in memory because trees are immutable.
+
+use super::{EngineError, Result, now_ns};
+use crate::catalog::{BlobLoc, Catalog, PackRow};
+use crate::model::{BlobId, ChunkId, Tree, TreeId, decode_tree, encode_tree};
+use crate::store::{BlobKind, FinishedPack, PackWriter, Store, encode_blob};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Packs are uploaded once their stored bytes reach this size.
+pub(crate) const PACK_TARGET: u64 = 16 << 20;
+
+/// What a writer added to the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WriteStats {
+    pub blobs: u64,
+    pub stored_bytes: u64,
+}
+
+struct WriterState {
+    data: PackWriter,
+    trees: PackWriter,
+    /// Blobs this session has written or is writing: never written twice, never re-looked-up.
+    mine: HashSet<BlobId>,
+    stats: WriteStats,
+}
+
+pub(crate) struct BlobWriter<'a> {
+    store: &'a Store,
+    catalog: Mutex<Catalog>,
+    state: Mutex<WriterState>,
+    /// A dry writer stores nothing: it hashes chunks and keeps trees in memory, to learn the
+    /// tree of a live directory without adding to the store (diff against live, recovery).
+    dry: Option<Mutex<HashMap<TreeId, Arc<Tree>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic on another thread already fails the operation; the data under the lock is still
+    // consistent because every critical section leaves it so.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<'a> BlobWriter<'a> {
+    pub(crate) fn new(store: &'a Store, catalog_path: &Path) -> Result<Self> {
+        Ok(BlobWriter {
+            store,
+            catalog: Mutex::new(Catalog::open(catalog_path)?),
+            state: Mutex::new(WriterState {
+                data: PackWriter::new(),
+                trees: PackWriter::new(),
+                mine: HashSet::new(),
+                stats: WriteStats::default(),
+            }),
+            dry: None,
+        })
+    }
+
+    /// A writer that stores nothing; see `dry`.
+    pub(crate) fn new_dry(store: &'a Store, catalog_path: &Path) -> Result<Self> {
+        let mut w = Self::new(store, catalog_path)?;
+        w.dry = Some(Mutex::new(HashMap::new()));
+        Ok(w)
+    }
+
+    /// The trees a dry writer kept.
+    pub(crate) fn take_trees(&self) -> HashMap<TreeId, Arc<Tree>> {
+        self.dry.as_ref().map(|m| std::mem::take(&mut *lock(m))).unwrap_or_default()
+    }
+
+    /// True when `id` is safe to reference without writing it: written by this session, or
+    /// indexed in a pack that gc has not doomed. A blob in a doomed pack counts as absent, so it
+    /// is written again rather than referenced from a pack that may be deleted.
+    pub(crate) fn is_live(&self, id: BlobId) -> Result<bool> {
+        if lock(&self.state).mine.contains(&id) {
+            return Ok(true);
+        }
+        Ok(matches!(lock(&self.catalog).lookup_blob(&id)?, Some((_, false))))
+    }
+
+    /// Claims `id` for writing. Returns false when it is already live or claimed by another
+    /// thread, in which case the caller must not write it.
+    fn claim(&self, id: BlobId) -> Result<bool> {
+        if self.is_live(id)? {
+            return Ok(false);
+        }
+        Ok(lock(&self.state).mine.insert(id))
+    }
+
+    /// Stores a chunk unless it is already live. Returns true when it was new.
+    pub(crate) fn put_chunk(&self, id: ChunkId, raw: &[u8]) -> Result<bool> {
+        if self.dry.is_some() {
+            return Ok(false);
+        }
+        self.put(BlobId::from(id), BlobKind::Chunk, raw)
+    }
+
+    /// Encodes and stores a tree unless it is already live, returning its id.
+    pub(crate) fn put_tree(&self, tree: &Tree) -> Result<TreeId> {
+        let (id, bytes) = encode_tree(tree)?;
+        if let Some(trees) = &self.dry {
+            lock(trees).insert(id, Arc::new(tree.clone()));
+            return Ok(id);
+        }
+        self.put(BlobId::from(id), BlobKind::Tree, &bytes)?;
+        Ok(id)
+    }
+
+    fn put(&self, id: BlobId, kind: BlobKind, raw: &[u8]) -> Result<bool> {
+        if !self.claim(id)? {
+            return Ok(false);
+        }
+        let stored = encode_blob(raw);
+        let raw_len = u32::try_from(raw.len())
+            .map_err(|_| EngineError::Invalid(format!("blob of {} bytes is too large", raw.len())))?;
+        let full = {
+            let mut st = lock(&self.state);
+            st.stats.blobs += 1;
+            st.stats.stored_bytes += stored.len() as u64;
+            let pack = match kind {
+                BlobKind::Chunk => &mut st.data,
+                BlobKind::Tree => &mut st.trees,
+            };
+            pack.add_stored(id, kind, stored, raw_len);
+            (pack.stored_bytes() >= PACK_TARGET).then(|| std::mem::replace(pack, PackWriter::new()))
+        };
+        if let Some(pack) = full {
+            self.upload(pack)?;
+        }
+        Ok(true)
+    }
+
+    /// Uploads a pack, then indexes it. The pack is durable before any catalog row names it.
+    fn upload(&self, pack: PackWriter) -> Result<()> {
+        if pack.is_empty() {
+            return Ok(());
+        }
+        let finished: FinishedPack = pack.finish();
+        self.store.put_pack(&finished)?;
+        let row = PackRow {
+            id: finished.id,
+            size: finished.bytes.len() as u64,
+            created_at: now_ns(),
+            doomed_at: None,
+        };
+        let locs: Vec<BlobLoc> = finished
+            .entries
+            .iter()
+            .map(|e| BlobLoc {
+                id: e.id,
+                kind: e.kind as u8,
+                pack: finished.id,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+            })
+            .collect();
+        lock(&self.catalog).insert_pack(&row, &locs)?;
+        Ok(())
+    }
+
+    /// Uploads the partly filled packs. After this returns, every blob put so far is durable
+    /// and indexed.
+    pub(crate) fn flush(&self) -> Result<WriteStats> {
+        let (data, trees, stats) = {
+            let mut st = lock(&self.state);
+            (
+                std::mem::replace(&mut st.data, PackWriter::new()),
+                std::mem::replace(&mut st.trees, PackWriter::new()),
+                st.stats,
+            )
+        };
+        self.upload(data)?;
+        self.upload(trees)?;
+        Ok(stats)
+    }
+}
+
+/// Reads blobs through the catalog's index. Safe to share between threads.
+pub(crate) struct BlobSource<'a> {
+    store: &'a Store,
+    catalog: Mutex<Catalog>,
+    trees: Mutex<HashMap<TreeId, Arc<Tree>>>,
+}
+
+impl<'a> BlobSource<'a> {
+    pub(crate) fn new(store: &'a Store, catalog_path: &Path) -> Result<Self> {
+        Ok(BlobSource {
+            store,
+            catalog: Mutex::new(Catalog::open(catalog_path)?),
+            trees: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Adds trees known only in memory (from a dry writer) to what this source can read.
+    pub(crate) fn seed(&self, trees: HashMap<TreeId, Arc<Tree>>) {
+        lock(&self.trees).extend(trees);
+    }
+
+    pub(crate) fn locate(&self, id: BlobId) -> Result<BlobLoc> {
+        match lock(&self.catalog).lookup_blob(&id)? {
+            Some((loc, _)) => Ok(loc),
+            None => Err(EngineError::Corrupt {
+                what: format!("blob {}", id.short()),
+                reason: "it is referenced but no pack holds it".to_owned(),
+            }),
+        }
+    }
+
+    pub(crate) fn read(&self, id: BlobId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        Ok(self.store.read_blob(&loc.pack, loc.offset, loc.stored_len, loc.raw_len, &id)?)
+    }
+
+    pub(crate) fn chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
+        self.read(BlobId::from(id))
+    }
+
+    pub(crate) fn tree(&self, id: TreeId) -> Result<Arc<Tree>> {
+        if let Some(t) = lock(&self.trees).get(&id) {
+            return Ok(Arc::clone(t));
+        }
+        let bytes = self.read(BlobId::from(id))?;
+        let tree = Arc::new(decode_tree(&bytes).map_err(|e| EngineError::Corrupt {
+            what: format!("tree {}", id.short()),
+            reason: e.to_string(),
+        })?);
+        lock(&self.trees).insert(id, Arc::clone(&tree));
+        Ok(tree)
+    }
+}

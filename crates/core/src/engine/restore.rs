@@ -1,0 +1,332 @@
+//! Restore in place and fork.
+//!
+//! Restore:
+//! 1. Take the machine lock; finish any interrupted restore first.
+//! 2. Ingest the live directory. If it differs from every checkpoint, commit it as an automatic
+//!    checkpoint (the undo point); either way the live tree is now known exactly.
+//! 3. Write a journal (`pending` on the machine row) naming the target.
+//! 4. Materialize: diff live tree → target tree and apply only the differences.
+//! 5. Clear the journal, move the head to the target, save the stat cache.
+//!
+//! A crash during step 4 leaves the journal; the next command on the machine re-ingests the
+//! (partly restored) directory without committing it and applies the remaining differences.
+//! The undo point from step 2 is a normal checkpoint, so the restore can also be undone.
+
+use super::blobs::{BlobSource, BlobWriter};
+use super::checkpoint::CheckpointOptions;
+use super::ingest::ROOT_ENTRY;
+use super::machine::{clone_err, is_root};
+use super::materialize::{Applied, Materializer, open_parent};
+use super::statcache::StatCache;
+use super::{EngineError, Progress, Repo, Result};
+use crate::catalog::{CheckpointRow, MachineRow};
+use crate::model::{Content, Node, Ref, Tree, TreeId};
+use crate::rootfs::{ApplyOptions, Dir};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Inputs of `restore`.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Restore only this subtree (components of `MACHINE@REF:/path`).
+    pub path: Option<Vec<Vec<u8>>>,
+}
+
+/// Inputs of `fork`.
+#[derive(Clone, Debug)]
+pub struct ForkOptions {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// What a restore or fork did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestoreReport {
+    /// The checkpoint now materialized, e.g. `web@v1`.
+    pub target: String,
+    /// The automatic checkpoint holding the state before the restore (restore it to undo).
+    pub undo: Option<String>,
+    pub written_files: u64,
+    pub written_bytes: u64,
+    pub removed: u64,
+    pub metadata_only: u64,
+    /// An interrupted restore that this command completed first, if any.
+    pub completed_interrupted: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    op: String,
+    target: i64,
+    target_ref: String,
+    path: Option<Vec<Vec<u8>>>,
+}
+
+impl Repo {
+    /// Restores a machine in place to a checkpoint (or one subtree of it).
+    pub fn restore(&self, r: &Ref, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+        let result = (|| {
+            let (m, target) = self.resolve(r)?;
+            let _lock = self.lock_machine(&m.name, "restore")?;
+            let completed = self.complete_interrupted(&m, progress)?;
+            let m = self.machine_row(&m.name)?;
+            let mut report = self.restore_locked(&m, &target, opts.path.clone().or(r.path.clone()), progress)?;
+            report.completed_interrupted = completed;
+            Ok(report)
+        })();
+        let detail = result
+            .as_ref()
+            .map(|rep| serde_json::to_string(rep).unwrap_or_default())
+            .map_err(clone_err);
+        self.audit("restore", Some(&r.machine), Some(&r.to_string()), &detail);
+        result
+    }
+
+    fn restore_locked(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        path: Option<Vec<Vec<u8>>>,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
+        let session = self.begin_session("restore")?;
+        // Step 2: the undo point.
+        let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
+        let (live, epoch) = self.ingest_live(m, &writer, progress)?;
+        let stats = writer.flush()?;
+        let existing = self.catalog.checkpoints(m.id)?.into_iter().rev().find(|c| c.root == live.root);
+        let undo = match existing {
+            Some(c) => c,
+            None => {
+                let head = match m.head {
+                    Some(h) => self.catalog.checkpoint(h)?,
+                    None => None,
+                };
+                let opts = CheckpointOptions {
+                    name: None,
+                    note: format!("automatic: state before restore to {}@v{}", target.machine, target.version),
+                    auto: true,
+                };
+                let row = self.commit(m, &live.root, &opts, head.as_ref(), live.logical_bytes, live.entries, stats.stored_bytes)?;
+                self.audit("create", Some(&m.name), Some(&format!("{}@v{}", m.name, row.version)), &Ok("automatic undo point".to_owned()));
+                row
+            }
+        };
+        // Step 3: the journal.
+        let journal = Journal {
+            op: "restore".to_owned(),
+            target: target.id,
+            target_ref: format!("{}@v{}", target.machine, target.version),
+            path: path.clone(),
+        };
+        self.catalog.set_pending(m.id, Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")))?;
+        // Step 4.
+        let mut cache = live.cache;
+        cache.epoch = epoch;
+        let applied = self.materialize_into(m, live.root, target.root, path.as_deref(), Default::default(), progress, &mut cache)?;
+        // Step 5.
+        if path.is_none() {
+            self.catalog.set_head(m.id, Some(target.id))?;
+        }
+        self.catalog.set_pending(m.id, None)?;
+        if let Err(e) = cache.save(&self.machine_state_dir(&m.uid).join("statcache")) {
+            tracing::warn!("could not save the stat cache: {e}");
+        }
+        drop(session);
+        Ok(RestoreReport {
+            target: journal.target_ref,
+            undo: Some(format!("{}@v{}", m.name, undo.version)),
+            written_files: applied.written_files,
+            written_bytes: applied.written_bytes,
+            removed: applied.removed,
+            metadata_only: applied.metadata_only,
+            completed_interrupted: None,
+            warnings: live.warnings.into_iter().chain(applied.warnings).collect(),
+        })
+    }
+
+    /// Applies the differences between `from` (what the directory holds) and `to`, at the root
+    /// or at `path`, and folds what was written into `cache`.
+    #[allow(clippy::too_many_arguments)]
+    fn materialize_into(
+        &self,
+        m: &MachineRow,
+        from: TreeId,
+        to: TreeId,
+        path: Option<&[Vec<u8>]>,
+        seed: std::collections::HashMap<TreeId, Arc<Tree>>,
+        progress: &dyn Progress,
+        cache: &mut StatCache,
+    ) -> Result<Applied> {
+        let src = BlobSource::new(&self.store, &self.catalog_path())?;
+        src.seed(seed);
+        let root = Dir::open(&m.dir)?;
+        progress.phase("restoring", None);
+        let mut mat = Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
+        let from_top = root_node(&src, from)?;
+        let to_top = root_node(&src, to)?;
+        let to_top_tree = dir_tree(&to_top)?;
+        match path {
+            None | Some([]) => {
+                mat.apply_dir(&root, &[], Some(dir_tree(&from_top)?), to_top_tree)?;
+                if from_top.meta != to_top.meta || from_top != to_top {
+                    root.set_own_meta(&to_top.meta, &mat.opts)?;
+                }
+            }
+            Some(comps) => {
+                let to_node = lookup_path(&src, &to_top, comps)?;
+                let from_node = lookup_path(&src, &from_top, comps)?;
+                if to_node.is_none() && from_node.is_none() {
+                    return Err(EngineError::PathNotFound {
+                        reference: "the checkpoint or the live machine".to_owned(),
+                        path: display(comps),
+                    });
+                }
+                let rel = comps.join(&b'/');
+                let (parent, name) = open_parent(&root, &rel).map_err(|e| {
+                    EngineError::Invalid(format!("cannot restore {}: its parent is missing or not a directory in the live machine ({e}); restore the parent instead", display(comps)))
+                })?;
+                let parent_path = comps[..comps.len() - 1].join(&b'/');
+                mat.apply_entry(&parent, &parent_path, &name, from_node.as_ref(), to_node.as_ref())?;
+            }
+        }
+        mat.finish_links(to_top_tree)?;
+        let applied = std::mem::take(&mut mat.applied);
+        fold_cache(cache, &applied);
+        Ok(applied)
+    }
+
+    /// Completes a restore that a crash interrupted (step 4 of the protocol above). Returns
+    /// the target it completed, if there was one.
+    pub(crate) fn complete_interrupted(&self, m: &MachineRow, progress: &dyn Progress) -> Result<Option<String>> {
+        let Some(text) = &m.pending else {
+            return Ok(None);
+        };
+        let journal: Journal = serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
+            what: format!("the restore journal of machine {}", m.name),
+            reason: e.to_string(),
+        })?;
+        let Some(target) = self.catalog.checkpoint(journal.target)? else {
+            // The target was deleted since; nothing to complete towards.
+            self.catalog.set_pending(m.id, None)?;
+            return Ok(None);
+        };
+        tracing::info!("completing the interrupted restore of {} to {}", m.name, journal.target_ref);
+        let _session = self.begin_session("restore")?;
+        let writer = BlobWriter::new_dry(&self.store, &self.catalog_path())?;
+        let (live, epoch) = self.ingest_live(m, &writer, progress)?;
+        // The live trees exist only in the dry writer; give them to the materializer's source.
+        let mut cache = live.cache;
+        cache.epoch = epoch;
+        self.materialize_into(m, live.root, target.root, journal.path.as_deref(), writer.take_trees(), progress, &mut cache)?;
+        if journal.path.is_none() {
+            self.catalog.set_head(m.id, Some(target.id))?;
+        }
+        self.catalog.set_pending(m.id, None)?;
+        let _ = cache.save(&self.machine_state_dir(&m.uid).join("statcache"));
+        self.audit("restore", Some(&m.name), Some(&journal.target_ref), &Ok("completed an interrupted restore".to_owned()));
+        Ok(Some(journal.target_ref))
+    }
+
+    /// Forks a checkpoint into a new directory machine.
+    pub fn fork(&self, r: &Ref, opts: &ForkOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+        let result = (|| {
+            crate::model::validate_machine_name(&opts.name)?;
+            let (src_m, target) = self.resolve(r)?;
+            if self.catalog.machine(&opts.name)?.is_some() {
+                return Err(EngineError::Invalid(format!("machine {} already exists; pick another name", opts.name)));
+            }
+            let _lock = self.lock_machine(&opts.name, "fork")?;
+            let dir = self.prepare_new_dir(&opts.dir)?;
+            let _session = self.begin_session("fork")?;
+            let src = BlobSource::new(&self.store, &self.catalog_path())?;
+            let root = Dir::open(&dir)?;
+            progress.phase("forking", Some(target.logical_bytes));
+            let mut mat = Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
+            let top = root_node(&src, target.root)?;
+            let top_tree = dir_tree(&top)?;
+            mat.apply_dir(&root, &[], None, top_tree)?;
+            root.set_own_meta(&top.meta, &mat.opts)?;
+            mat.finish_links(top_tree)?;
+            let applied = std::mem::take(&mut mat.applied);
+            let m = self.register_machine(&opts.name, &dir)?;
+            let copts = CheckpointOptions { name: None, note: format!("forked from {}@v{}", src_m.name, target.version), auto: false };
+            let row = self.commit(&m, &target.root, &copts, Some(&target), target.logical_bytes, target.entries, 0)?;
+            let mut cache = StatCache { epoch: self.catalog.gc_epoch()?, ..Default::default() };
+            fold_cache(&mut cache, &applied);
+            let _ = cache.save(&self.machine_state_dir(&m.uid).join("statcache"));
+            Ok(RestoreReport {
+                target: format!("{}@v{}", m.name, row.version),
+                undo: None,
+                written_files: applied.written_files,
+                written_bytes: applied.written_bytes,
+                removed: 0,
+                metadata_only: 0,
+                completed_interrupted: None,
+                warnings: applied.warnings,
+            })
+        })();
+        let detail = result.as_ref().map(|rep| rep.target.clone()).map_err(clone_err);
+        self.audit("fork", Some(&opts.name), Some(&r.to_string()), &detail);
+        result
+    }
+}
+
+/// The node of the machine directory itself in a checkpoint root.
+pub(crate) fn root_node(src: &BlobSource<'_>, root: TreeId) -> Result<Node> {
+    let t = src.tree(root)?;
+    t.get(ROOT_ENTRY).map(|e| e.node.clone()).ok_or_else(|| EngineError::Corrupt {
+        what: format!("checkpoint root {}", root.short()),
+        reason: "it has no machine directory entry".to_owned(),
+    })
+}
+
+pub(crate) fn dir_tree(node: &Node) -> Result<TreeId> {
+    match node.content {
+        Content::Dir { tree } => Ok(tree),
+        _ => Err(EngineError::Corrupt { what: "a checkpoint root".to_owned(), reason: "it is not a directory".to_owned() }),
+    }
+}
+
+/// The node at `comps` below the machine directory node `top`, if any.
+pub(crate) fn lookup_path(src: &BlobSource<'_>, top: &Node, comps: &[Vec<u8>]) -> Result<Option<Node>> {
+    let mut node = top.clone();
+    for c in comps {
+        let Content::Dir { tree } = node.content else {
+            return Ok(None);
+        };
+        let t = src.tree(tree)?;
+        match t.get(c) {
+            Some(e) => node = e.node.clone(),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(node))
+}
+
+pub(crate) fn display(comps: &[Vec<u8>]) -> String {
+    super::diff::display_path(&comps.join(&b'/'))
+}
+
+/// Drops cache entries under invalidated paths and adds the entries of files just written.
+fn fold_cache(cache: &mut StatCache, applied: &Applied) {
+    if !applied.invalidated.is_empty() {
+        let dead: std::collections::HashSet<&[u8]> = applied.invalidated.iter().map(|p| p.as_slice()).collect();
+        cache.entries.retain(|path, _| {
+            let mut p: &[u8] = path;
+            loop {
+                if dead.contains(p) {
+                    return false;
+                }
+                match p.iter().rposition(|&b| b == b'/') {
+                    Some(i) => p = &p[..i],
+                    None => return true,
+                }
+            }
+        });
+    }
+    for (path, entry) in &applied.cache {
+        cache.entries.insert(path.clone(), entry.clone());
+    }
+}
