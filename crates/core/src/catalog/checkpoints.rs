@@ -547,4 +547,36 @@ mod tests {
         assert!(cat.checkpoints(12345).unwrap().is_empty());
         assert!(cat.latest_checkpoint(12345).unwrap().is_none());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Any mix of commits and deletes: each new version is above every version handed out
+        /// before, and lineage never points at a deleted checkpoint.
+        #[test]
+        fn versions_monotonic_under_any_deletes(ops in proptest::collection::vec(0u8..4, 1..40)) {
+            let cat = catalog();
+            let m = machine(&cat, "web");
+            let mut issued = 0u64;
+            for op in ops {
+                let live = cat.checkpoints(m.id).unwrap();
+                if op == 0 && !live.is_empty() {
+                    // Delete from the middle, where re-parenting matters most.
+                    cat.delete_checkpoint(live[live.len() / 2].id).unwrap();
+                } else {
+                    let head = cat.machine_by_id(m.id).unwrap().unwrap().head;
+                    let c = commit(&cat, m.id, head);
+                    proptest::prop_assert!(c.version > issued);
+                    issued = c.version;
+                }
+            }
+            let live = cat.checkpoints(m.id).unwrap();
+            for c in &live {
+                if let Some(p) = c.parent {
+                    proptest::prop_assert!(live.iter().any(|x| x.id == p));
+                }
+            }
+            proptest::prop_assert!(cat.quick_check().unwrap().is_empty());
+        }
+    }
 }
