@@ -92,7 +92,17 @@ CREATE TABLE audit (
 CREATE INDEX audit_machine ON audit(machine, id);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: a key/value table for counters; `gc_epoch` moves whenever gc dooms a pack, so
+/// stat caches written before it are re-validated instead of trusted.
+const V2: &str = "
+CREATE TABLE meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('gc_epoch', 0);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
