@@ -48,7 +48,13 @@ impl LocalBackend {
         fs::create_dir_all(root).map_err(io_err)?;
         let tmp = root.join(TMP_DIR);
         match fs::create_dir(&tmp) {
-            Ok(()) => sync_dir(root).map_err(io_err)?,
+            // First open: make `tmp` and the root itself durable.
+            Ok(()) => {
+                sync_dir(root).map_err(io_err)?;
+                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent).map_err(io_err)?;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(e)),
         }
@@ -259,8 +265,15 @@ fn walk(
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         // A directory that does not exist holds no objects; one removed by hand while we
-        // walk is treated the same.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        // walk is treated the same, and so is a prefix whose directory part names an object.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(());
+        }
         Err(e) => return Err(e),
     };
     for entry in entries {
@@ -410,6 +423,10 @@ mod tests {
         assert_eq!(keys(&b, "").len(), 5);
         assert!(keys(&b, "nothing/here").is_empty());
         assert!(keys(&b, "packs/c").is_empty());
+        assert!(
+            keys(&b, "packsx/").is_empty(),
+            "an object is not a directory"
+        );
         let sizes = b.list("manifests/").unwrap();
         assert_eq!(
             sizes,
