@@ -18,6 +18,8 @@ mod tar_import;
 mod xattr;
 
 #[cfg(test)]
+mod tar_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod testutil;
