@@ -7,8 +7,11 @@ use tar::{EntryType, Header};
 
 const ROOT: ApplyOptions = ApplyOptions { owners: true };
 
+/// One raw entry: name, type, link target, data.
+type RawEntry<'a> = (&'a [u8], EntryType, &'a [u8], &'a [u8]);
+
 /// An archive written byte by byte, so it can hold what well-behaved writers refuse to write.
-fn raw_tar(entries: &[(&[u8], EntryType, &[u8], &[u8])]) -> Vec<u8> {
+fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for &(name, etype, link, data) in entries {
         let mut h = Header::new_ustar();
@@ -124,7 +127,7 @@ fn import_refuses_paths_that_leave_the_destination() {
     let evil = outside.join("evil");
     let abs = evil.as_os_str().as_encoded_bytes();
     let outside_b = outside.as_os_str().as_encoded_bytes();
-    let cases: Vec<Vec<(&[u8], EntryType, &[u8], &[u8])>> = vec![
+    let cases: Vec<Vec<RawEntry<'_>>> = vec![
         vec![(b"../outside/evil", EntryType::Regular, b"", b"x")],
         vec![(b"ok/../../outside/evil", EntryType::Regular, b"", b"x")],
         vec![(abs, EntryType::Regular, b"", b"x")],
