@@ -265,7 +265,7 @@ impl Dir {
 
     fn rename_tmp(&self, tmp: &[u8], name: &[u8]) -> Result<(), RootfsError> {
         rustix::fs::renameat(&self.fd, tmp, &self.fd, name).map_err(|e| match e {
-            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => RootfsError::NotADirectory {
+            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => RootfsError::DirectoryInTheWay {
                 path: show(&self.child(name)),
             },
             e => self.io(name, "put in place", e),

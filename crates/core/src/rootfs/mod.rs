@@ -59,6 +59,8 @@ pub enum RootfsError {
     },
     #[error("{path} exists and is not a directory; remove it first")]
     NotADirectory { path: String },
+    #[error("{path} is a directory; remove it first to put something else there")]
+    DirectoryInTheWay { path: String },
     #[error("tar entry {entry:?}: {reason}")]
     Tar { entry: String, reason: String },
     #[error("tree is inconsistent at {path}: {reason}")]

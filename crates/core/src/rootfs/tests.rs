@@ -319,3 +319,39 @@ fn rename_and_kind_checks_stay_inside_the_directory() {
         Err(RootfsError::BadName { .. })
     ));
 }
+
+#[test]
+fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+    let (_t, machine, _outside) = planted();
+    std::fs::write(machine.join("f"), b"old").expect("write");
+    let root = Dir::open(&machine).expect("open");
+    let err = root
+        .write_file(b"f", |f| {
+            use std::io::Write;
+            let _ = f.write_all(b"half");
+            Err(RootfsError::BadTree {
+                path: "f".into(),
+                reason: "chunk missing".into(),
+            })
+        })
+        .expect_err("fill failed");
+    assert!(matches!(err, RootfsError::BadTree { .. }));
+    assert_eq!(std::fs::read(machine.join("f")).expect("read"), b"old");
+    let names: Vec<_> = root
+        .entries()
+        .expect("entries")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![b"etc".to_vec(), b"f".to_vec()]);
+    // A directory in the way is reported, not replaced.
+    std::fs::create_dir(machine.join("d")).expect("mkdir");
+    let err = root
+        .write_file(b"d", |_| Ok(()))
+        .expect_err("dir in the way");
+    assert!(
+        matches!(err, RootfsError::DirectoryInTheWay { .. }),
+        "{err}"
+    );
+    assert!(lstat(machine.join("d")).is_dir());
+}
