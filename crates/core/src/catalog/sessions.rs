@@ -42,6 +42,27 @@ impl Catalog {
             })
             .ctx("list writer sessions")
     }
+
+    /// The gc epoch: it moves whenever gc dooms a pack.
+    pub fn gc_epoch(&self) -> Result<u64, CatalogError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'gc_epoch'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ctx("read the gc epoch")
+            .map(|v| v as u64)
+    }
+
+    /// Moves the gc epoch forward; gc calls it before dooming anything.
+    pub fn bump_gc_epoch(&self) -> Result<u64, CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'gc_epoch'",
+                [],
+            )
+            .ctx("move the gc epoch")?;
+        self.gc_epoch()
+    }
 }
 
 #[cfg(test)]
@@ -77,21 +98,5 @@ mod tests {
         cat.end_session(12345).unwrap();
         let left: Vec<_> = cat.sessions().unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(left, [b]);
-    }
-
-    /// The gc epoch: it moves whenever gc dooms a pack.
-    pub fn gc_epoch(&self) -> Result<u64, CatalogError> {
-        self.conn
-            .query_row("SELECT value FROM meta WHERE key = 'gc_epoch'", [], |r| r.get::<_, i64>(0))
-            .ctx("read the gc epoch")
-            .map(|v| v as u64)
-    }
-
-    /// Moves the gc epoch forward; gc calls it before dooming anything.
-    pub fn bump_gc_epoch(&self) -> Result<u64, CatalogError> {
-        self.conn
-            .execute("UPDATE meta SET value = value + 1 WHERE key = 'gc_epoch'", [])
-            .ctx("move the gc epoch")?;
-        self.gc_epoch()
     }
 }

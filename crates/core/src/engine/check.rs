@@ -75,16 +75,23 @@ impl Repo {
                     pack_bad.insert(p.id, "the pack object is missing from the store".to_owned());
                 }
                 Some(&size) if size != p.size => {
-                    pack_bad.insert(p.id, format!("the pack is {size} bytes, the catalog says {}", p.size));
+                    pack_bad.insert(
+                        p.id,
+                        format!("the pack is {size} bytes, the catalog says {}", p.size),
+                    );
                 }
                 Some(_) if opts.read_data => match self.store.verify_pack(&p.id) {
                     Ok(v) => {
                         report.bytes_read += p.size;
                         progress.advance(p.size);
-                        for (id, why) in v.damaged {
+                        for (id, why) in v.blob_failures {
                             bad.insert(id, why);
                         }
-                        if let Some(why) = v.pack_problem {
+                        if !v.pack_hash_ok || !v.format_errors.is_empty() {
+                            let mut why = v.format_errors.join("; ");
+                            if !v.pack_hash_ok {
+                                why = format!("pack hash mismatch {why}");
+                            }
                             pack_bad.insert(p.id, why);
                         }
                     }
@@ -98,7 +105,8 @@ impl Repo {
         if !pack_bad.is_empty() {
             self.catalog.for_each_blob(&mut |loc| {
                 if let Some(why) = pack_bad.get(&loc.pack) {
-                    bad.entry(loc.id).or_insert_with(|| format!("in pack {}: {why}", loc.pack.short()));
+                    bad.entry(loc.id)
+                        .or_insert_with(|| format!("in pack {}: {why}", loc.pack.short()));
                 }
             })?;
         }
@@ -109,7 +117,14 @@ impl Repo {
         let mut seen_trees: HashSet<TreeId> = HashSet::new();
         let mut seen_chunks: HashSet<BlobId> = HashSet::new();
         for c in &checkpoints {
-            self.check_tree(&src, c.root, &mut seen_trees, &mut seen_chunks, &mut bad, &mut report)?;
+            self.check_tree(
+                &src,
+                c.root,
+                &mut seen_trees,
+                &mut seen_chunks,
+                &mut bad,
+                &mut report,
+            )?;
             progress.advance(1);
         }
         report.trees = seen_trees.len() as u64;
@@ -199,13 +214,18 @@ fn trace(
     bad: &HashMap<BlobId, String>,
     hits: &mut HashMap<BlobId, (BTreeSet<String>, BTreeSet<String>)>,
 ) {
-    let mut hit = |id: BlobId, p: &[u8]| {
+    fn hit(
+        hits: &mut HashMap<BlobId, (BTreeSet<String>, BTreeSet<String>)>,
+        checkpoint: &str,
+        id: BlobId,
+        p: &[u8],
+    ) {
         let e = hits.entry(id).or_default();
         e.0.insert(checkpoint.to_owned());
         e.1.insert(display_path(strip_root(p)));
-    };
+    }
     if bad.contains_key(&BlobId::from(tree)) {
-        hit(BlobId::from(tree), path);
+        hit(hits, checkpoint, BlobId::from(tree), path);
         return;
     }
     let Ok(t) = src.tree(tree) else { return };
@@ -218,7 +238,7 @@ fn trace(
                     if let Extent::Data { id, .. } = x
                         && bad.contains_key(&BlobId::from(*id))
                     {
-                        hit(BlobId::from(*id), &p);
+                        hit(hits, checkpoint, BlobId::from(*id), &p);
                     }
                 }
             }

@@ -53,7 +53,10 @@ pub struct GcReport {
 impl Repo {
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let result = self.gc_inner(opts, progress);
-        let detail = result.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()).map_err(super::machine::clone_err);
+        let detail = result
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default())
+            .map_err(super::machine::clone_err);
         self.audit("gc", None, None, &detail);
         result
     }
@@ -65,12 +68,21 @@ impl Repo {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|source| EngineError::Io { op: "open", path: lock_path.clone(), source })?;
+            .map_err(|source| EngineError::Io {
+                op: "open",
+                path: lock_path.clone(),
+                source,
+            })?;
         if flock(&lock_file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(EngineError::Invalid("another gc is running; wait for it to finish".to_owned()));
+            return Err(EngineError::Invalid(
+                "another gc is running; wait for it to finish".to_owned(),
+            ));
         }
         let session = self.begin_session("gc")?;
-        let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
         let now = now_ns();
 
         // Live sessions other than ours; dead ones are forgotten.
@@ -156,7 +168,15 @@ impl Repo {
                 None => {
                     let total = live + dead;
                     if dead > 0 && total > 0 && (live as f64) < opts.repack_below * total as f64 {
-                        repack.push((PackRow { id: p.id, size: p.size, created_at: p.created_at, doomed_at: None }, live_blobs));
+                        repack.push((
+                            PackRow {
+                                id: p.id,
+                                size: p.size,
+                                created_at: p.created_at,
+                                doomed_at: None,
+                            },
+                            live_blobs,
+                        ));
                     }
                 }
             }
@@ -186,21 +206,41 @@ impl Repo {
         Ok(report)
     }
 
-    fn repack(&self, src: &BlobSource<'_>, packs: &[(PackRow, Vec<BlobLoc>)], report: &mut GcReport) -> Result<()> {
+    fn repack(
+        &self,
+        src: &BlobSource<'_>,
+        packs: &[(PackRow, Vec<BlobLoc>)],
+        report: &mut GcReport,
+    ) -> Result<()> {
         let mut writer = PackWriter::new();
         let mut moved: Vec<BlobLoc> = Vec::new();
         let mut done: Vec<crate::model::PackId> = Vec::new();
-        let flush = |w: PackWriter, moved: &mut Vec<BlobLoc>, done: &mut Vec<crate::model::PackId>| -> Result<()> {
+        let flush = |w: PackWriter,
+                     moved: &mut Vec<BlobLoc>,
+                     done: &mut Vec<crate::model::PackId>|
+         -> Result<()> {
             if w.is_empty() {
                 return Ok(());
             }
             let fin = w.finish();
             self.store.put_pack(&fin)?;
-            let row = PackRow { id: fin.id, size: fin.bytes.len() as u64, created_at: now_ns(), doomed_at: None };
+            let row = PackRow {
+                id: fin.id,
+                size: fin.bytes.len() as u64,
+                created_at: now_ns(),
+                doomed_at: None,
+            };
             let locs: Vec<BlobLoc> = fin
                 .entries
                 .iter()
-                .map(|e| BlobLoc { id: e.id, kind: e.kind as u8, pack: fin.id, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len })
+                .map(|e| BlobLoc {
+                    id: e.id,
+                    kind: e.kind as u8,
+                    pack: fin.id,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                })
                 .collect();
             self.catalog.relocate_blobs(&row, &locs)?;
             // The old packs now hold no indexed blob; doom them for deletion after the grace.
@@ -213,14 +253,22 @@ impl Repo {
         for (pack, blobs) in packs {
             for loc in blobs {
                 let raw = src.read(loc.id)?;
-                let kind = if loc.kind == BlobKind::Tree as u8 { BlobKind::Tree } else { BlobKind::Chunk };
+                let kind = if loc.kind == BlobKind::Tree as u8 {
+                    BlobKind::Tree
+                } else {
+                    BlobKind::Chunk
+                };
                 writer.add(loc.id, kind, &raw);
                 moved.push(*loc);
             }
             done.push(pack.id);
             report.packs_repacked += 1;
             if writer.stored_bytes() >= PACK_TARGET {
-                flush(std::mem::replace(&mut writer, PackWriter::new()), &mut moved, &mut done)?;
+                flush(
+                    std::mem::replace(&mut writer, PackWriter::new()),
+                    &mut moved,
+                    &mut done,
+                )?;
             }
         }
         flush(writer, &mut moved, &mut done)

@@ -44,7 +44,10 @@ pub struct DuReport {
 
 impl DuReport {
     pub(crate) fn checkpoint(&self, key: CheckpointKey) -> Option<&CheckpointUsage> {
-        self.machines.iter().flat_map(|m| &m.checkpoints).find(|c| c.key == key)
+        self.machines
+            .iter()
+            .flat_map(|m| &m.checkpoints)
+            .find(|c| c.key == key)
     }
 }
 
@@ -76,31 +79,56 @@ impl Repo {
             for &i in &mine {
                 refs[i as usize] += 1;
                 let o = &mut owner[i as usize];
-                *o = if *o == -1 || *o == c.machine_id { c.machine_id } else { -2 };
+                *o = if *o == -1 || *o == c.machine_id {
+                    c.machine_id
+                } else {
+                    -2
+                };
             }
             reach.push(mine.into_iter().collect());
         }
         let size_of = |i: u32| sizes[&index[i as usize]].1;
         let mut machines: Vec<MachineUsage> = Vec::new();
         for m in self.catalog.machines()? {
-            let mut mu = MachineUsage { name: m.name.clone(), logical_bytes: 0, stored_bytes: 0, exclusive_bytes: 0, checkpoints: Vec::new() };
+            let mut mu = MachineUsage {
+                name: m.name.clone(),
+                logical_bytes: 0,
+                stored_bytes: 0,
+                exclusive_bytes: 0,
+                checkpoints: Vec::new(),
+            };
             let mut union: HashSet<u32> = HashSet::new();
-            for (c, r) in checkpoints.iter().zip(&reach).filter(|(c, _)| c.machine_id == m.id) {
+            for (c, r) in checkpoints
+                .iter()
+                .zip(&reach)
+                .filter(|(c, _)| c.machine_id == m.id)
+            {
                 mu.checkpoints.push(CheckpointUsage {
                     id: format!("{}@v{}", m.name, c.version),
                     key: c.id,
                     logical_bytes: c.logical_bytes,
                     stored_bytes: r.iter().map(|&i| size_of(i)).sum(),
-                    exclusive_bytes: r.iter().filter(|&&i| refs[i as usize] == 1).map(|&i| size_of(i)).sum(),
+                    exclusive_bytes: r
+                        .iter()
+                        .filter(|&&i| refs[i as usize] == 1)
+                        .map(|&i| size_of(i))
+                        .sum(),
                 });
                 mu.logical_bytes = mu.logical_bytes.max(c.logical_bytes);
                 union.extend(r.iter().copied());
             }
             mu.stored_bytes = union.iter().map(|&i| size_of(i)).sum();
-            mu.exclusive_bytes = union.iter().filter(|&&i| owner[i as usize] == m.id).map(|&i| size_of(i)).sum();
+            mu.exclusive_bytes = union
+                .iter()
+                .filter(|&&i| owner[i as usize] == m.id)
+                .map(|&i| size_of(i))
+                .sum();
             machines.push(mu);
         }
-        let referenced_bytes: u64 = (0..index.len() as u32).filter(|&i| refs[i as usize] > 0).map(size_of).sum();
+        let referenced_bytes: u64 = (0..index.len() as u32)
+            .filter(|&i| refs[i as usize] > 0)
+            .map(size_of)
+            .sum();
         Ok(DuReport {
             machines,
             store_bytes,
