@@ -152,7 +152,8 @@ pub(crate) fn ingest(
             let root_meta = meta_from_stat(&root.stat_self()?, root.read_dir_xattrs()?);
             walk.walk_dir(root, Vec::new(), root_meta)
         })();
-        // Dropping the walk drops the sender, so workers finish the queue and exit.
+        // Closing the queue lets the workers finish it and exit, so the scope can end.
+        walk.queue = mpsc::sync_channel(0).0;
         walked.map(|idx| (idx, walk))
     });
     let (root_idx, walk) = walked?;

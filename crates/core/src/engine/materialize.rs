@@ -301,7 +301,10 @@ impl<'a> Materializer<'a> {
 
     /// Links deferred hardlink followers, and re-links followers of rewritten leaders found in
     /// `full_root` (the whole target tree's top directory).
-    pub(crate) fn finish_links(&mut self, full_root: TreeId) -> Result<()> {
+    pub(crate) fn finish_links(&mut self, top: &Node) -> Result<()> {
+        let Content::Dir { tree: full_root } = top.content else {
+            return Ok(());
+        };
         if !self.rewritten_leaders.is_empty() {
             let mut extra = Vec::new();
             collect_followers(
@@ -315,12 +318,30 @@ impl<'a> Materializer<'a> {
             self.links
                 .extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
         }
+        let mut parents: Vec<Vec<u8>> = Vec::new();
         for (path, target) in std::mem::take(&mut self.links) {
             let (dir, name) = open_parent(self.root, &path)?;
             let (src_dir, src_name) = open_parent(self.root, &target)?;
-            dir.remove(&name)?;
             dir.hardlink(&src_dir, &src_name, &name)?;
+            parents.push(path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec());
             self.applied.invalidated.push(path);
+        }
+        // Linking changed those directories' mtimes after their metadata was applied.
+        parents.sort();
+        parents.dedup();
+        for p in parents {
+            let comps: Vec<Vec<u8>> = p
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect();
+            if let Some(node) = super::restore::lookup_path(self.src, top, &comps)? {
+                let mut dir = self.root.try_clone()?;
+                for c in &comps {
+                    dir = dir.open_dir(c)?;
+                }
+                dir.set_own_meta(&node.meta, &self.opts)?;
+            }
         }
         Ok(())
     }

@@ -166,3 +166,6 @@ pub(crate) fn join_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
         p
     }
 }
+
+#[cfg(test)]
+mod tests;

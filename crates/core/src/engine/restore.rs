@@ -235,7 +235,7 @@ impl Repo {
                 )?;
             }
         }
-        mat.finish_links(to_top_tree)?;
+        mat.finish_links(&to_top)?;
         let applied = std::mem::take(&mut mat.applied);
         fold_cache(cache, &applied);
         Ok(applied)
@@ -322,7 +322,7 @@ impl Repo {
             let top_tree = dir_tree(&top)?;
             mat.apply_dir(&root, &[], None, top_tree)?;
             root.set_own_meta(&top.meta, &mat.opts)?;
-            mat.finish_links(top_tree)?;
+            mat.finish_links(&top)?;
             let applied = std::mem::take(&mut mat.applied);
             let m = self.register_machine(&opts.name, &dir)?;
             let copts = CheckpointOptions {
