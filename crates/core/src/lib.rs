@@ -17,7 +17,7 @@ pub use catalog::{AuditRow, MachineKind};
 pub use engine::{
     Change, ChangeKind, CheckOptions, CheckReport, CheckpointInfo, CheckpointOptions,
     CheckpointReport, CheckpointUsage, CreateMachineOptions, DuReport, EngineError, Finding,
-    ForkOptions, GcOptions, GcReport, MachineInfo, MachineUsage, NoProgress, Progress, Repo,
-    RepoOptions, RestoreOptions, RestoreReport,
+    ForkOptions, GcOptions, GcReport, MachineInfo, MachineUsage, NoProgress, Progress,
+    RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};

@@ -16,6 +16,7 @@ mod lock;
 mod machine;
 mod manifest;
 mod materialize;
+mod repair;
 mod restore;
 mod statcache;
 mod usage;
@@ -27,6 +28,7 @@ pub use diff::{Change, ChangeKind};
 pub use error::EngineError;
 pub use gc::{GcOptions, GcReport};
 pub use machine::{CreateMachineOptions, MachineInfo};
+pub use repair::RebuildReport;
 pub use restore::{ForkOptions, RestoreOptions, RestoreReport};
 pub use usage::{CheckpointUsage, DuReport, MachineUsage};
 
