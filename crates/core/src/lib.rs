@@ -15,8 +15,9 @@ mod store;
 
 pub use catalog::{AuditRow, MachineKind};
 pub use engine::{
-    Change, ChangeKind, CheckOptions, CheckReport, CheckpointInfo, CheckpointOptions, CheckpointReport,
-    CheckpointUsage, CreateMachineOptions, DuReport, EngineError, Finding, ForkOptions, GcOptions, GcReport,
-    MachineInfo, MachineUsage, NoProgress, Progress, Repo, RepoOptions, RestoreOptions, RestoreReport,
+    Change, ChangeKind, CheckOptions, CheckReport, CheckpointInfo, CheckpointOptions,
+    CheckpointReport, CheckpointUsage, CreateMachineOptions, DuReport, EngineError, Finding,
+    ForkOptions, GcOptions, GcReport, MachineInfo, MachineUsage, NoProgress, Progress, Repo,
+    RepoOptions, RestoreOptions, RestoreReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};

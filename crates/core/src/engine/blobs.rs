@@ -70,7 +70,10 @@ impl<'a> BlobWriter<'a> {
 
     /// The trees a dry writer kept.
     pub(crate) fn take_trees(&self) -> HashMap<TreeId, Arc<Tree>> {
-        self.dry.as_ref().map(|m| std::mem::take(&mut *lock(m))).unwrap_or_default()
+        self.dry
+            .as_ref()
+            .map(|m| std::mem::take(&mut *lock(m)))
+            .unwrap_or_default()
     }
 
     /// True when `id` is safe to reference without writing it: written by this session, or
@@ -80,7 +83,10 @@ impl<'a> BlobWriter<'a> {
         if lock(&self.state).mine.contains(&id) {
             return Ok(true);
         }
-        Ok(matches!(lock(&self.catalog).lookup_blob(&id)?, Some((_, false))))
+        Ok(matches!(
+            lock(&self.catalog).lookup_blob(&id)?,
+            Some((_, false))
+        ))
     }
 
     /// Claims `id` for writing. Returns false when it is already live or claimed by another
@@ -116,8 +122,9 @@ impl<'a> BlobWriter<'a> {
             return Ok(false);
         }
         let stored = encode_blob(raw);
-        let raw_len = u32::try_from(raw.len())
-            .map_err(|_| EngineError::Invalid(format!("blob of {} bytes is too large", raw.len())))?;
+        let raw_len = u32::try_from(raw.len()).map_err(|_| {
+            EngineError::Invalid(format!("blob of {} bytes is too large", raw.len()))
+        })?;
         let full = {
             let mut st = lock(&self.state);
             st.stats.blobs += 1;
@@ -214,7 +221,9 @@ impl<'a> BlobSource<'a> {
 
     pub(crate) fn read(&self, id: BlobId) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
-        Ok(self.store.read_blob(&loc.pack, loc.offset, loc.stored_len, loc.raw_len, &id)?)
+        Ok(self
+            .store
+            .read_blob(&loc.pack, loc.offset, loc.stored_len, loc.raw_len, &id)?)
     }
 
     pub(crate) fn chunk(&self, id: ChunkId) -> Result<Vec<u8>> {

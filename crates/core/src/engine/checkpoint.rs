@@ -60,7 +60,12 @@ pub struct CheckpointReport {
 
 impl Repo {
     /// Takes a checkpoint of a machine's live directory.
-    pub fn checkpoint(&self, machine: &str, opts: &CheckpointOptions, progress: &dyn Progress) -> Result<CheckpointReport> {
+    pub fn checkpoint(
+        &self,
+        machine: &str,
+        opts: &CheckpointOptions,
+        progress: &dyn Progress,
+    ) -> Result<CheckpointReport> {
         let result = (|| {
             if let Some(n) = &opts.name {
                 validate_checkpoint_name(n)?;
@@ -71,33 +76,51 @@ impl Repo {
             let m = self.machine_row(machine)?;
             self.checkpoint_locked(&m, opts, progress)
         })();
-        let detail = result.as_ref().map(|r| r.checkpoint.id.clone()).map_err(super::machine::clone_err);
+        let detail = result
+            .as_ref()
+            .map(|r| r.checkpoint.id.clone())
+            .map_err(super::machine::clone_err);
         self.audit("create", Some(machine), detail.as_deref().ok(), &detail);
         result
     }
 
     /// Ingests the live directory and returns its root tree, writing blobs but no checkpoint.
     /// The caller holds the machine lock and a session.
-    pub(crate) fn ingest_live(&self, m: &MachineRow, writer: &BlobWriter<'_>, progress: &dyn Progress) -> Result<(super::ingest::Ingested, u64)> {
+    pub(crate) fn ingest_live(
+        &self,
+        m: &MachineRow,
+        writer: &BlobWriter<'_>,
+        progress: &dyn Progress,
+    ) -> Result<(super::ingest::Ingested, u64)> {
         let cache_path = self.machine_state_dir(&m.uid).join("statcache");
         let cache = StatCache::load(&cache_path);
         let epoch = self.catalog.gc_epoch()?;
         let root = Dir::open(&m.dir).map_err(|e| EngineError::BadDir {
             path: m.dir.clone(),
-            reason: format!("{e}; if it moved, `cairn machine rm {}` and create it again", m.name),
+            reason: format!(
+                "{e}; if it moved, `cairn machine rm {}` and create it again",
+                m.name
+            ),
         })?;
         let opts = IngestOptions {
             progress,
             cache: &cache,
             trust_cache: cache.epoch == epoch,
             start_ns: now_ns(),
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
+            workers: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
         };
         Ok((ingest(&root, writer, &opts)?, epoch))
     }
 
     /// Checkpoint with the machine lock already held.
-    pub(crate) fn checkpoint_locked(&self, m: &MachineRow, opts: &CheckpointOptions, progress: &dyn Progress) -> Result<CheckpointReport> {
+    pub(crate) fn checkpoint_locked(
+        &self,
+        m: &MachineRow,
+        opts: &CheckpointOptions,
+        progress: &dyn Progress,
+    ) -> Result<CheckpointReport> {
         if let Some(n) = &opts.name
             && self.catalog.checkpoint_by_name(m.id, n)?.is_some()
         {
@@ -116,11 +139,21 @@ impl Repo {
             None => None,
         };
         let unchanged = head.as_ref().is_some_and(|h| h.root == ing.root);
-        let row = self.commit(m, &ing.root, opts, head.as_ref(), ing.logical_bytes, ing.entries, stats.stored_bytes)?;
+        let row = self.commit(
+            m,
+            &ing.root,
+            opts,
+            head.as_ref(),
+            ing.logical_bytes,
+            ing.entries,
+            stats.stored_bytes,
+        )?;
         let mut cache = ing.cache;
         cache.epoch = epoch;
         if let Err(e) = cache.save(&self.machine_state_dir(&m.uid).join("statcache")) {
-            tracing::warn!("could not save the stat cache (the next checkpoint reads every file): {e}");
+            tracing::warn!(
+                "could not save the stat cache (the next checkpoint reads every file): {e}"
+            );
         }
         Ok(CheckpointReport {
             checkpoint: self.checkpoint_info(&row)?,
@@ -148,7 +181,13 @@ impl Repo {
         let version = m.next_version;
         let created_at = now_ns();
         let parent_key = match parent {
-            Some(p) => Some((self.catalog.machine_by_id(p.machine_id)?.map(|pm| pm.uid).unwrap_or_default(), p.version)),
+            Some(p) => Some((
+                self.catalog
+                    .machine_by_id(p.machine_id)?
+                    .map(|pm| pm.uid)
+                    .unwrap_or_default(),
+                p.version,
+            )),
             None => None,
         };
         manifest::put_checkpoint(
@@ -194,7 +233,9 @@ impl Repo {
             CheckpointSel::Latest => {
                 let latest = self.catalog.latest_checkpoint(m.id)?;
                 if latest.is_none() {
-                    return Err(EngineError::NoCheckpoints { machine: m.name.clone() });
+                    return Err(EngineError::NoCheckpoints {
+                        machine: m.name.clone(),
+                    });
                 }
                 latest
             }
@@ -204,13 +245,19 @@ impl Repo {
             CheckpointSel::Name(n) => n.clone(),
             CheckpointSel::Latest => "latest".to_owned(),
         };
-        let row = row.ok_or(EngineError::UnknownCheckpoint { machine: m.name.clone(), sel })?;
+        let row = row.ok_or(EngineError::UnknownCheckpoint {
+            machine: m.name.clone(),
+            sel,
+        })?;
         Ok((m, row))
     }
 
     pub(crate) fn checkpoint_info(&self, c: &CheckpointRow) -> Result<CheckpointInfo> {
         let parent = match c.parent {
-            Some(p) => self.catalog.checkpoint(p)?.map(|p| format!("{}@v{}", p.machine, p.version)),
+            Some(p) => self
+                .catalog
+                .checkpoint(p)?
+                .map(|p| format!("{}@v{}", p.machine, p.version)),
             None => None,
         };
         Ok(CheckpointInfo {
@@ -269,11 +316,15 @@ impl Repo {
             let info = self.checkpoint_info(&row)?;
             // Manifest first: if the catalog row outlives it after a crash, the checkpoint
             // still reads fine and a rebuild simply does not bring it back.
-            self.store.delete_object(&manifest::checkpoint_key(&m.uid, row.version))?;
+            self.store
+                .delete_object(&manifest::checkpoint_key(&m.uid, row.version))?;
             self.catalog.delete_checkpoint(row.id)?;
             Ok(info)
         })();
-        let detail = result.as_ref().map(|i| i.id.clone()).map_err(super::machine::clone_err);
+        let detail = result
+            .as_ref()
+            .map(|i| i.id.clone())
+            .map_err(super::machine::clone_err);
         self.audit("delete", Some(&r.machine), Some(&r.to_string()), &detail);
         result
     }

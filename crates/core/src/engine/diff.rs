@@ -68,7 +68,18 @@ pub(crate) fn node_changes(a: &Node, b: &Node) -> Vec<&'static str> {
         return what;
     }
     match (&a.content, &b.content) {
-        (Content::File { size: s1, extents: e1, nlink: n1 }, Content::File { size: s2, extents: e2, nlink: n2 }) => {
+        (
+            Content::File {
+                size: s1,
+                extents: e1,
+                nlink: n1,
+            },
+            Content::File {
+                size: s2,
+                extents: e2,
+                nlink: n2,
+            },
+        ) => {
             if s1 != s2 || e1 != e2 {
                 what.push("content");
             }
@@ -141,12 +152,24 @@ pub(crate) fn diff_trees(
         match ord {
             std::cmp::Ordering::Less => {
                 let e = ea.expect("invariant: Less means a has an entry");
-                whole(lookup, ChangeKind::Deleted, &e.node, &super::join_path(path, &e.name), out)?;
+                whole(
+                    lookup,
+                    ChangeKind::Deleted,
+                    &e.node,
+                    &super::join_path(path, &e.name),
+                    out,
+                )?;
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
                 let e = eb.expect("invariant: Greater means b has an entry");
-                whole(lookup, ChangeKind::Added, &e.node, &super::join_path(path, &e.name), out)?;
+                whole(
+                    lookup,
+                    ChangeKind::Added,
+                    &e.node,
+                    &super::join_path(path, &e.name),
+                    out,
+                )?;
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
@@ -177,7 +200,11 @@ pub(crate) fn diff_nodes(
         whole(lookup, ChangeKind::Deleted, a, path, out)?;
         return whole(lookup, ChangeKind::Added, b, path, out);
     }
-    let meta_or_self: Vec<&'static str> = what.iter().copied().filter(|w| *w != "content" || a.kind() != NodeKind::Dir).collect();
+    let meta_or_self: Vec<&'static str> = what
+        .iter()
+        .copied()
+        .filter(|w| *w != "content" || a.kind() != NodeKind::Dir)
+        .collect();
     if !meta_or_self.is_empty() {
         out.push(Change {
             kind: ChangeKind::Modified,
@@ -201,7 +228,13 @@ pub(crate) fn whole(
     path: &[u8],
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    out.push(Change { kind, path: display_path(path), raw_path: path.to_vec(), node: node.kind(), what: Vec::new() });
+    out.push(Change {
+        kind,
+        path: display_path(path),
+        raw_path: path.to_vec(),
+        node: node.kind(),
+        what: Vec::new(),
+    });
     if let Content::Dir { tree } = node.content {
         let t = lookup(tree)?;
         for e in &t.entries {

@@ -26,16 +26,24 @@ pub enum EngineError {
     },
     #[error("no machine named {name:?}; `cairn machine list` shows the machines")]
     UnknownMachine { name: String },
-    #[error("machine {machine} has no checkpoint {sel}; `cairn checkpoint list {machine}` shows them")]
+    #[error(
+        "machine {machine} has no checkpoint {sel}; `cairn checkpoint list {machine}` shows them"
+    )]
     UnknownCheckpoint { machine: String, sel: String },
-    #[error("machine {machine} has no checkpoints yet; `cairn checkpoint create {machine}` makes one")]
+    #[error(
+        "machine {machine} has no checkpoints yet; `cairn checkpoint create {machine}` makes one"
+    )]
     NoCheckpoints { machine: String },
     #[error("{} is not usable as a machine directory: {reason}", path.display())]
     BadDir { path: PathBuf, reason: String },
     #[error("{path:?} does not exist in {reference}")]
     PathNotFound { reference: String, path: String },
     #[error("{path:?} in {reference} is a {kind}, not a regular file")]
-    NotAFile { reference: String, path: String, kind: String },
+    NotAFile {
+        reference: String,
+        path: String,
+        kind: String,
+    },
     #[error(
         "machine {machine} is busy: {holder}; wait for it to finish (or pass --wait SECONDS to wait longer)"
     )]

@@ -1,5 +1,26 @@
-//! Garbage collection.
+//! Garbage collection: two-phase, so a checkpoint running beside gc never loses a chunk.
+//!
+//! 1. Mark: every blob reachable from a committed checkpoint (identical subtrees once).
+//! 2. Sweep doomed packs (phase two). A pack doomed at time D is deleted only when it is still
+//!    unreferenced, D is at least the grace period ago, and no live session started at or before
+//!    D. Sessions that started after D saw the pack as doomed and wrote their own copies of
+//!    anything they needed; sessions that started before D and have committed are covered by
+//!    the mark. A doomed pack that is referenced again is revived.
+//! 3. Doom (phase one): live packs with no reachable blob are marked doomed now, after bumping
+//!    the gc epoch, so stat caches written before can no longer be trusted blindly.
+//! 4. Repack: packs whose live fraction is below the threshold have their live blobs copied
+//!    into new packs; the index is re-pointed, and the old pack is doomed like any other.
+//! 5. Leftovers: pack objects the catalog does not know (a writer died between upload and
+//!    index) and interrupted uploads are deleted when no other session is alive.
 
+use super::blobs::{BlobSource, PACK_TARGET};
+use super::usage::walk_reachable;
+use super::{EngineError, Progress, Repo, Result, now_ns};
+use crate::catalog::{BlobLoc, PackRow};
+use crate::model::BlobId;
+use crate::store::{BlobKind, PackWriter};
+use rustix::fs::{FlockOperation, flock};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// Inputs of `gc`.
@@ -22,7 +43,234 @@ pub struct GcReport {
     /// Doomed packs found referenced again (a checkpoint ran beside gc) and kept.
     pub packs_revived: u64,
     pub packs_repacked: u64,
+    pub orphans_deleted: u64,
     pub bytes_freed: u64,
+    /// Bytes in doomed packs, freed by a gc after the grace period.
     pub bytes_pending: u64,
     pub dry_run: bool,
+}
+
+impl Repo {
+    pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        let result = self.gc_inner(opts, progress);
+        let detail = result
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default())
+            .map_err(super::machine::clone_err);
+        self.audit("gc", None, None, &detail);
+        result
+    }
+
+    fn gc_inner(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        let lock_path = self.home.join("locks").join("gc.lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| EngineError::Io {
+                op: "open",
+                path: lock_path.clone(),
+                source,
+            })?;
+        if flock(&lock_file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(EngineError::Invalid(
+                "another gc is running; wait for it to finish".to_owned(),
+            ));
+        }
+        let session = self.begin_session("gc")?;
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let now = now_ns();
+
+        // Live sessions other than ours; dead ones are forgotten.
+        let mut oldest_live: Option<i64> = None;
+        for s in self.catalog.sessions()? {
+            if s.started_at == session.started_at && s.pid == std::process::id() {
+                continue;
+            }
+            if self.session_alive(s.pid, s.started_at) {
+                oldest_live = Some(oldest_live.map_or(s.started_at, |o: i64| o.min(s.started_at)));
+            } else if !opts.dry_run {
+                self.catalog.end_session(s.id)?;
+                self.remove_session_lock(s.pid, s.started_at);
+            }
+        }
+
+        // 1. Mark.
+        progress.phase("marking", None);
+        let src = BlobSource::new(&self.store, &self.catalog_path())?;
+        let mut reachable: HashSet<BlobId> = HashSet::new();
+        let mut seen = HashSet::new();
+        for c in self.catalog.all_checkpoints()? {
+            walk_reachable(&src, c.root, &mut seen, &mut |id| {
+                reachable.insert(id);
+            })?;
+            progress.advance(1);
+        }
+        let mut per_pack: HashMap<_, (u64, u64, Vec<BlobLoc>)> = HashMap::new();
+        self.catalog.for_each_blob(&mut |loc| {
+            let e = per_pack.entry(loc.pack).or_insert((0, 0, Vec::new()));
+            if reachable.contains(&loc.id) {
+                e.0 += u64::from(loc.stored_len);
+                e.2.push(*loc);
+            } else {
+                e.1 += u64::from(loc.stored_len);
+            }
+        })?;
+        let packs = self.catalog.packs()?;
+        report.packs_total = packs.len() as u64;
+        let grace_ns = i64::try_from(opts.grace.as_nanos()).unwrap_or(i64::MAX);
+
+        // 2. Sweep doomed packs; 3. doom unreferenced ones.
+        progress.phase("sweeping", Some(packs.len() as u64));
+        let mut epoch_bumped = false;
+        let mut repack: Vec<(PackRow, Vec<BlobLoc>)> = Vec::new();
+        for p in &packs {
+            progress.advance(1);
+            let (live, dead, live_blobs) = per_pack.remove(&p.id).unwrap_or_default();
+            match p.doomed_at {
+                Some(_) if live > 0 => {
+                    report.packs_revived += 1;
+                    if !opts.dry_run {
+                        self.catalog.undoom_pack(&p.id)?;
+                    }
+                }
+                Some(d) => {
+                    let old_enough = now.saturating_sub(d) >= grace_ns;
+                    let no_older_session = oldest_live.is_none_or(|s| s > d);
+                    if old_enough && no_older_session {
+                        report.packs_deleted += 1;
+                        report.bytes_freed += p.size;
+                        if !opts.dry_run {
+                            // Catalog first: once the rows are gone no reader can find the pack;
+                            // an object left by a crash here is an orphan swept below next time.
+                            self.catalog.delete_pack(&p.id)?;
+                            self.store.delete_pack(&p.id)?;
+                        }
+                    } else {
+                        report.bytes_pending += p.size;
+                    }
+                }
+                None if live == 0 => {
+                    report.packs_doomed += 1;
+                    report.bytes_pending += p.size;
+                    if !opts.dry_run {
+                        if !epoch_bumped {
+                            self.catalog.bump_gc_epoch()?;
+                            epoch_bumped = true;
+                        }
+                        self.catalog.doom_pack(&p.id, now_ns())?;
+                    }
+                }
+                None => {
+                    let total = live + dead;
+                    if dead > 0 && total > 0 && (live as f64) < opts.repack_below * total as f64 {
+                        repack.push((
+                            PackRow {
+                                id: p.id,
+                                size: p.size,
+                                created_at: p.created_at,
+                                doomed_at: None,
+                            },
+                            live_blobs,
+                        ));
+                    }
+                }
+            }
+        }
+
+        // 4. Repack.
+        if !repack.is_empty() && !opts.dry_run {
+            progress.phase("repacking", Some(repack.len() as u64));
+            self.repack(&src, &repack, &mut report)?;
+        } else {
+            report.packs_repacked = repack.len() as u64;
+        }
+
+        // 5. Leftovers, only when nobody else is writing.
+        if oldest_live.is_none() && !opts.dry_run {
+            let known: HashSet<_> = self.catalog.packs()?.into_iter().map(|p| p.id).collect();
+            for (id, size) in self.store.list_packs()? {
+                if !known.contains(&id) {
+                    self.store.delete_pack(&id)?;
+                    report.orphans_deleted += 1;
+                    report.bytes_freed += size;
+                }
+            }
+            self.store.backend().sweep_incomplete(opts.grace)?;
+        }
+        drop(session);
+        Ok(report)
+    }
+
+    fn repack(
+        &self,
+        src: &BlobSource<'_>,
+        packs: &[(PackRow, Vec<BlobLoc>)],
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let mut writer = PackWriter::new();
+        let mut moved: Vec<BlobLoc> = Vec::new();
+        let mut done: Vec<crate::model::PackId> = Vec::new();
+        let flush = |w: PackWriter,
+                     moved: &mut Vec<BlobLoc>,
+                     done: &mut Vec<crate::model::PackId>|
+         -> Result<()> {
+            if w.is_empty() {
+                return Ok(());
+            }
+            let fin = w.finish();
+            self.store.put_pack(&fin)?;
+            let row = PackRow {
+                id: fin.id,
+                size: fin.bytes.len() as u64,
+                created_at: now_ns(),
+                doomed_at: None,
+            };
+            let locs: Vec<BlobLoc> = fin
+                .entries
+                .iter()
+                .map(|e| BlobLoc {
+                    id: e.id,
+                    kind: e.kind as u8,
+                    pack: fin.id,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                })
+                .collect();
+            self.catalog.relocate_blobs(&row, &locs)?;
+            // The old packs now hold no indexed blob; doom them for deletion after the grace.
+            for old in done.drain(..) {
+                self.catalog.doom_pack(&old, now_ns())?;
+            }
+            moved.clear();
+            Ok(())
+        };
+        for (pack, blobs) in packs {
+            for loc in blobs {
+                let raw = src.read(loc.id)?;
+                let kind = if loc.kind == BlobKind::Tree as u8 {
+                    BlobKind::Tree
+                } else {
+                    BlobKind::Chunk
+                };
+                writer.add(loc.id, kind, &raw);
+                moved.push(*loc);
+            }
+            done.push(pack.id);
+            report.packs_repacked += 1;
+            if writer.stored_bytes() >= PACK_TARGET {
+                flush(
+                    std::mem::replace(&mut writer, PackWriter::new()),
+                    &mut moved,
+                    &mut done,
+                )?;
+            }
+        }
+        flush(writer, &mut moved, &mut done)
+    }
 }

@@ -50,9 +50,18 @@ pub(crate) struct Ingested {
 enum Slot {
     Ready(Node),
     /// A regular file whose extents come from job `job`.
-    File { meta: Meta, size: u64, job: usize, link: Option<(u64, u64)> },
+    File {
+        meta: Meta,
+        size: u64,
+        job: usize,
+        link: Option<(u64, u64)>,
+    },
     /// A regular file whose stat matched the cache.
-    Cached { meta: Meta, extents: Vec<Extent>, link: Option<(u64, u64)> },
+    Cached {
+        meta: Meta,
+        extents: Vec<Extent>,
+        link: Option<(u64, u64)>,
+    },
     Dir(usize),
 }
 
@@ -91,7 +100,11 @@ struct Walk<'a> {
 }
 
 /// Ingests the directory `root` into the store and returns the checkpoint root tree.
-pub(crate) fn ingest(root: &Dir, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Result<Ingested> {
+pub(crate) fn ingest(
+    root: &Dir,
+    writer: &BlobWriter<'_>,
+    opts: &IngestOptions<'_>,
+) -> Result<Ingested> {
     opts.progress.phase("scanning", None);
     let (tx, rx) = mpsc::sync_channel::<Job>(256);
     let rx = Mutex::new(rx);
@@ -147,7 +160,16 @@ pub(crate) fn ingest(root: &Dir, writer: &BlobWriter<'_>, opts: &IngestOptions<'
         return Err(e);
     }
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    let Walk { dirs, dir_meta, links, mut new_cache, logical, entries, warnings, .. } = walk;
+    let Walk {
+        dirs,
+        dir_meta,
+        links,
+        mut new_cache,
+        logical,
+        entries,
+        warnings,
+        ..
+    } = walk;
 
     opts.progress.phase("writing trees", None);
     let mut read_bytes = 0;
@@ -155,7 +177,9 @@ pub(crate) fn ingest(root: &Dir, writer: &BlobWriter<'_>, opts: &IngestOptions<'
     // Children always have higher indices than their parent (pre-order), so reverse order
     // encodes every subtree before the tree that names it.
     for (idx, dir) in dirs.into_iter().enumerate().rev() {
-        let mut tree = Tree { entries: Vec::with_capacity(dir.entries.len()) };
+        let mut tree = Tree {
+            entries: Vec::with_capacity(dir.entries.len()),
+        };
         for (name, slot) in dir.entries {
             let node = match slot {
                 Slot::Ready(node) => node,
@@ -165,17 +189,31 @@ pub(crate) fn ingest(root: &Dir, writer: &BlobWriter<'_>, opts: &IngestOptions<'
                         tree: tree_ids[child].expect("invariant: children are encoded first"),
                     },
                 },
-                Slot::File { meta, job, link, .. } => {
-                    let r = results.remove(&job).expect("invariant: every queued file has a result");
+                Slot::File {
+                    meta, job, link, ..
+                } => {
+                    let r = results
+                        .remove(&job)
+                        .expect("invariant: every queued file has a result");
                     read_bytes += r.read;
                     if let Some((path, entry)) = r.cache {
                         new_cache.entries.insert(path, entry);
                     }
-                    file_node(meta, r.extents, link.and_then(|k| links.get(&k)).map_or(1, |l| l.1))
+                    file_node(
+                        meta,
+                        r.extents,
+                        link.and_then(|k| links.get(&k)).map_or(1, |l| l.1),
+                    )
                 }
-                Slot::Cached { meta, extents, link } => {
-                    file_node(meta, extents, link.and_then(|k| links.get(&k)).map_or(1, |l| l.1))
-                }
+                Slot::Cached {
+                    meta,
+                    extents,
+                    link,
+                } => file_node(
+                    meta,
+                    extents,
+                    link.and_then(|k| links.get(&k)).map_or(1, |l| l.1),
+                ),
             };
             tree.entries.push(Entry { name, node });
         }
@@ -185,18 +223,35 @@ pub(crate) fn ingest(root: &Dir, writer: &BlobWriter<'_>, opts: &IngestOptions<'
     let root_tree = Tree {
         entries: vec![Entry {
             name: ROOT_ENTRY.to_vec(),
-            node: Node { meta: dir_meta[root_idx].clone(), content: Content::Dir { tree: top } },
+            node: Node {
+                meta: dir_meta[root_idx].clone(),
+                content: Content::Dir { tree: top },
+            },
         }],
     };
     let root = writer.put_tree(&root_tree)?;
     new_cache.epoch = opts.cache.epoch;
-    Ok(Ingested { root, logical_bytes: logical, entries, read_bytes, cache: new_cache, warnings })
+    Ok(Ingested {
+        root,
+        logical_bytes: logical,
+        entries,
+        read_bytes,
+        cache: new_cache,
+        warnings,
+    })
 }
 
 fn file_node(meta: Meta, extents: Vec<Extent>, nlink: u32) -> Node {
     // The size is what was read, so extents always cover it even if the file changed meanwhile.
     let size = extents.iter().map(Extent::len).sum();
-    Node { meta, content: Content::File { size, nlink, extents } }
+    Node {
+        meta,
+        content: Content::File {
+            size,
+            nlink,
+            extents,
+        },
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,7 +262,9 @@ impl Walk<'_> {
     /// Walks one directory, returning its index in `dirs`.
     fn walk_dir(&mut self, dir: Arc<Dir>, path: Vec<u8>, meta: Meta) -> Result<usize> {
         let idx = self.dirs.len();
-        self.dirs.push(PendingDir { entries: Vec::new() });
+        self.dirs.push(PendingDir {
+            entries: Vec::new(),
+        });
         self.dir_meta.push(meta);
         let listing = dir.entries()?;
         let mut slots = Vec::with_capacity(listing.len());
@@ -228,7 +285,8 @@ impl Walk<'_> {
         let meta = meta_from_stat(st, xattrs);
         let content = match e.kind {
             FileKind::Socket => {
-                self.warnings.push(format!("skipped socket {}", String::from_utf8_lossy(path)));
+                self.warnings
+                    .push(format!("skipped socket {}", String::from_utf8_lossy(path)));
                 return Ok(None);
             }
             FileKind::Dir => {
@@ -236,7 +294,9 @@ impl Walk<'_> {
                 let idx = self.walk_dir(child, path.to_vec(), meta)?;
                 return Ok(Some(Slot::Dir(idx)));
             }
-            FileKind::Symlink => Content::Symlink { target: dir.read_link(&e.name)? },
+            FileKind::Symlink => Content::Symlink {
+                target: dir.read_link(&e.name)?,
+            },
             FileKind::CharDev => Content::CharDev { rdev: st.rdev },
             FileKind::BlockDev => Content::BlockDev { rdev: st.rdev },
             FileKind::Fifo => Content::Fifo,
@@ -249,27 +309,48 @@ impl Walk<'_> {
         Ok(Some(Slot::Ready(Node { meta, content })))
     }
 
-    fn file_slot(&mut self, dir: &Arc<Dir>, e: &ScanEntry, path: &[u8], meta: Meta) -> Result<Slot> {
+    fn file_slot(
+        &mut self,
+        dir: &Arc<Dir>,
+        e: &ScanEntry,
+        path: &[u8],
+        meta: Meta,
+    ) -> Result<Slot> {
         let st = &e.stat;
         let mut link = None;
         if st.nlink > 1 {
             let key = (st.dev, st.ino);
             if let Some((leader, count)) = self.links.get_mut(&key) {
                 *count += 1;
-                return Ok(Slot::Ready(Node { meta, content: Content::Hardlink { target: leader.clone() } }));
+                return Ok(Slot::Ready(Node {
+                    meta,
+                    content: Content::Hardlink {
+                        target: leader.clone(),
+                    },
+                }));
             }
             self.links.insert(key, (path.to_vec(), 1));
             link = Some(key);
         }
         self.logical += st.size;
-        let sig = StatSig { ino: st.ino, size: st.size, mtime: st.mtime, ctime: st.ctime, mode: st.mode };
+        let sig = StatSig {
+            ino: st.ino,
+            size: st.size,
+            mtime: st.mtime,
+            ctime: st.ctime,
+            mode: st.mode,
+        };
         if let Some(hit) = self.opts.cache.entries.get(path)
             && hit.sig == sig
             && (self.opts.trust_cache || self.all_live(&hit.extents)?)
         {
             let extents = hit.extents.clone();
             self.new_cache.entries.insert(path.to_vec(), hit.clone());
-            return Ok(Slot::Cached { meta, extents, link });
+            return Ok(Slot::Cached {
+                meta,
+                extents,
+                link,
+            });
         }
         let id = self.jobs;
         self.jobs += 1;
@@ -284,7 +365,12 @@ impl Walk<'_> {
         self.queue
             .send(job)
             .map_err(|_| EngineError::Invalid("every ingest worker stopped".to_owned()))?;
-        Ok(Slot::File { meta, size: st.size, job: id, link })
+        Ok(Slot::File {
+            meta,
+            size: st.size,
+            job: id,
+            link,
+        })
     }
 
     fn all_live(&self, extents: &[Extent]) -> Result<bool> {
@@ -302,7 +388,11 @@ impl Walk<'_> {
 /// Reads one file's data regions, chunking and storing them. Holes become hole extents.
 fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Result<JobResult> {
     let mut file = job.dir.open_file(&job.name)?;
-    let io = |op, source| EngineError::Io { op, path: String::from_utf8_lossy(&job.path).into_owned().into(), source };
+    let io = |op, source| EngineError::Io {
+        op,
+        path: String::from_utf8_lossy(&job.path).into_owned().into(),
+        source,
+    };
     let size = job.sig.size;
     let regions = data_regions(&file, size, job.blocks)?;
     let mut extents: Vec<Extent> = Vec::new();
@@ -322,7 +412,10 @@ fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Re
     let mut store = |extents: &mut Vec<Extent>, chunk: &[u8]| -> Result<()> {
         let id = ChunkId::of(chunk);
         writer.put_chunk(id, chunk)?;
-        extents.push(Extent::Data { id, len: chunk.len() as u64 });
+        extents.push(Extent::Data {
+            id,
+            len: chunk.len() as u64,
+        });
         Ok(())
     };
     for (off, len) in regions {
@@ -331,7 +424,10 @@ fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Re
         let mut got = 0u64;
         if len <= SLURP_LIMIT {
             let mut buf = Vec::with_capacity(len as usize);
-            (&mut file).take(len).read_to_end(&mut buf).map_err(|e| io("read", e))?;
+            (&mut file)
+                .take(len)
+                .read_to_end(&mut buf)
+                .map_err(|e| io("read", e))?;
             for r in chunk_slice(&buf) {
                 store(&mut extents, &buf[r])?;
             }
@@ -361,8 +457,23 @@ fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Re
             && a.stat.mtime == job.sig.mtime
             && a.stat.ctime == job.sig.ctime
     });
-    let ctime_ns = job.sig.ctime.secs.saturating_mul(1_000_000_000) + i64::from(job.sig.ctime.nanos);
-    let cache = (unchanged && ctime_ns < opts.start_ns - RACY_WINDOW_NS && extents.iter().map(Extent::len).sum::<u64>() == size)
-        .then(|| (job.path.clone(), CacheEntry { sig: job.sig.clone(), extents: extents.clone() }));
-    Ok(JobResult { extents, cache, read })
+    let ctime_ns =
+        job.sig.ctime.secs.saturating_mul(1_000_000_000) + i64::from(job.sig.ctime.nanos);
+    let cache = (unchanged
+        && ctime_ns < opts.start_ns - RACY_WINDOW_NS
+        && extents.iter().map(Extent::len).sum::<u64>() == size)
+        .then(|| {
+            (
+                job.path.clone(),
+                CacheEntry {
+                    sig: job.sig.clone(),
+                    extents: extents.clone(),
+                },
+            )
+        });
+    Ok(JobResult {
+        extents,
+        cache,
+        read,
+    })
 }

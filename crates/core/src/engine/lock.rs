@@ -34,7 +34,11 @@ fn open_lock_file(path: &PathBuf) -> Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| EngineError::Io { op: "open lock file", path: path.clone(), source })
+        .map_err(|source| EngineError::Io {
+            op: "open lock file",
+            path: path.clone(),
+            source,
+        })
 }
 
 impl Repo {
@@ -57,10 +61,17 @@ impl Repo {
                         "" => "another cairn command holds its lock".to_owned(),
                         h => format!("another cairn command is running on it ({h})"),
                     };
-                    return Err(EngineError::Locked { machine: name.to_owned(), holder });
+                    return Err(EngineError::Locked {
+                        machine: name.to_owned(),
+                        holder,
+                    });
                 }
                 Err(e) => {
-                    return Err(EngineError::Io { op: "lock", path, source: e.into() });
+                    return Err(EngineError::Io {
+                        op: "lock",
+                        path,
+                        source: e.into(),
+                    });
                 }
             }
         }
@@ -77,11 +88,20 @@ impl Repo {
         let started_at = now_ns();
         let path = session_lock_path(self, pid, started_at);
         let file = open_lock_file(&path)?;
-        flock(&file, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| EngineError::Io { op: "lock", path: path.clone(), source: e.into() })?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|e| EngineError::Io {
+            op: "lock",
+            path: path.clone(),
+            source: e.into(),
+        })?;
         // The lock exists before the row, so gc never sees a row whose lock is not yet held.
         let id = self.catalog.begin_session(pid, started_at, op)?;
-        Ok(Session { repo: self, id, started_at, path, _file: file })
+        Ok(Session {
+            repo: self,
+            id,
+            started_at,
+            path,
+            _file: file,
+        })
     }
 
     /// True when the session's process still holds its lock.
@@ -102,7 +122,9 @@ impl Repo {
 }
 
 fn session_lock_path(repo: &Repo, pid: u32, started_at: i64) -> PathBuf {
-    repo.home.join("locks").join(format!("session-{pid}-{started_at}.lock"))
+    repo.home
+        .join("locks")
+        .join(format!("session-{pid}-{started_at}.lock"))
 }
 
 impl Drop for Session<'_> {

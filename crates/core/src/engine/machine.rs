@@ -41,7 +41,10 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<(MachineInfo, Option<CheckpointReport>)> {
         let result = self.create_machine_inner(opts, progress);
-        let detail = result.as_ref().map(|(m, _)| m.dir.display().to_string()).map_err(clone_err);
+        let detail = result
+            .as_ref()
+            .map(|(m, _)| m.dir.display().to_string())
+            .map_err(clone_err);
         self.audit("machine-create", Some(&opts.name), None, &detail);
         result
     }
@@ -64,13 +67,22 @@ impl Repo {
             Some(_) => self.prepare_new_dir(&opts.dir)?,
         };
         if let Some(tar) = &opts.from_tar {
-            let file = std::fs::File::open(tar)
-                .map_err(|source| EngineError::Io { op: "open tarball", path: tar.clone(), source })?;
+            let file = std::fs::File::open(tar).map_err(|source| EngineError::Io {
+                op: "open tarball",
+                path: tar.clone(),
+                source,
+            })?;
             progress.phase("importing", file.metadata().ok().map(|m| m.len()));
             let root = Dir::open(&dir)?;
-            let reader = ProgressRead { inner: std::io::BufReader::with_capacity(1 << 20, file), progress };
+            let reader = ProgressRead {
+                inner: std::io::BufReader::with_capacity(1 << 20, file),
+                progress,
+            };
             import_tar(reader, &root, &ApplyOptions { owners: is_root() }).map_err(|e| {
-                EngineError::Import(format!("{e}; the partly imported directory {} was left for inspection", dir.display()))
+                EngineError::Import(format!(
+                    "{e}; the partly imported directory {} was left for inspection",
+                    dir.display()
+                ))
             })?;
         }
         let row = self.register_machine(&opts.name, &dir)?;
@@ -78,10 +90,21 @@ impl Repo {
             None => None,
             Some(tar) => {
                 let note = format!("imported from {}", tar.display());
-                Some(self.checkpoint_locked(&row, &CheckpointOptions { name: None, note, auto: false }, progress)?)
+                Some(self.checkpoint_locked(
+                    &row,
+                    &CheckpointOptions {
+                        name: None,
+                        note,
+                        auto: false,
+                    },
+                    progress,
+                )?)
             }
         };
-        Ok((self.machine_info_row(&self.catalog.machine_by_id(row.id)?.unwrap_or(row))?, first))
+        Ok((
+            self.machine_info_row(&self.catalog.machine_by_id(row.id)?.unwrap_or(row))?,
+            first,
+        ))
     }
 
     /// Adds the catalog row and manifest of a new machine whose directory is ready.
@@ -99,12 +122,17 @@ impl Repo {
                 created_at,
             },
         )?;
-        Ok(self.catalog.insert_machine(&uid, name, dir, MachineKind::Dir, created_at)?)
+        Ok(self
+            .catalog
+            .insert_machine(&uid, name, dir, MachineKind::Dir, created_at)?)
     }
 
     /// An existing directory to track in place.
     fn check_adopt_dir(&self, dir: &Path) -> Result<PathBuf> {
-        let bad = |reason: &str| EngineError::BadDir { path: dir.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| EngineError::BadDir {
+            path: dir.to_owned(),
+            reason: reason.to_owned(),
+        };
         let meta = std::fs::symlink_metadata(dir).map_err(|_| bad("it does not exist"))?;
         if !meta.is_dir() && !std::fs::metadata(dir).map(|m| m.is_dir()).unwrap_or(false) {
             return Err(bad("it is not a directory"));
@@ -116,17 +144,25 @@ impl Repo {
 
     /// A directory to create, or an existing empty one, for an import or a fork.
     pub(crate) fn prepare_new_dir(&self, dir: &Path) -> Result<PathBuf> {
-        let bad = |reason: &str| EngineError::BadDir { path: dir.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| EngineError::BadDir {
+            path: dir.to_owned(),
+            reason: reason.to_owned(),
+        };
         match std::fs::symlink_metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(bad("it exists and is not a directory")),
             Ok(_) => {
                 let mut it = std::fs::read_dir(dir).map_err(|e| bad(&e.to_string()))?;
                 if it.next().is_some() {
-                    return Err(bad("it exists and is not empty; choose a new or empty directory"));
+                    return Err(bad(
+                        "it exists and is not empty; choose a new or empty directory",
+                    ));
                 }
             }
             Err(_) => {
-                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let parent = dir
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 if !parent.is_dir() {
                     return Err(bad("its parent directory does not exist"));
                 }
@@ -143,23 +179,40 @@ impl Repo {
 
     /// A machine directory may not overlap the cairn home or another machine.
     fn check_overlaps(&self, canon: &Path, shown: &Path) -> Result<()> {
-        let bad = |reason: String| EngineError::BadDir { path: shown.to_owned(), reason };
+        let bad = |reason: String| EngineError::BadDir {
+            path: shown.to_owned(),
+            reason,
+        };
         if canon.starts_with(&self.home) {
-            return Err(bad(format!("it lies inside the cairn home {}", self.home.display())));
+            return Err(bad(format!(
+                "it lies inside the cairn home {}",
+                self.home.display()
+            )));
         }
         if self.home.starts_with(canon) {
-            return Err(bad(format!("it contains the cairn home {}", self.home.display())));
+            return Err(bad(format!(
+                "it contains the cairn home {}",
+                self.home.display()
+            )));
         }
         for m in self.catalog.machines()? {
             if canon.starts_with(&m.dir) || m.dir.starts_with(canon) {
-                return Err(bad(format!("it overlaps machine {} at {}", m.name, m.dir.display())));
+                return Err(bad(format!(
+                    "it overlaps machine {} at {}",
+                    m.name,
+                    m.dir.display()
+                )));
             }
         }
         Ok(())
     }
 
     pub fn machines(&self) -> Result<Vec<MachineInfo>> {
-        self.catalog.machines()?.into_iter().map(|m| self.machine_info_row(&m)).collect()
+        self.catalog
+            .machines()?
+            .into_iter()
+            .map(|m| self.machine_info_row(&m))
+            .collect()
     }
 
     pub fn machine_info(&self, name: &str) -> Result<MachineInfo> {
@@ -167,13 +220,20 @@ impl Repo {
     }
 
     pub(crate) fn machine_row(&self, name: &str) -> Result<MachineRow> {
-        self.catalog.machine(name)?.ok_or_else(|| EngineError::UnknownMachine { name: name.to_owned() })
+        self.catalog
+            .machine(name)?
+            .ok_or_else(|| EngineError::UnknownMachine {
+                name: name.to_owned(),
+            })
     }
 
     fn machine_info_row(&self, m: &MachineRow) -> Result<MachineInfo> {
         let cps = self.catalog.checkpoints(m.id)?;
         let head = match m.head {
-            Some(h) => self.catalog.checkpoint(h)?.map(|c| format!("{}@v{}", c.machine, c.version)),
+            Some(h) => self
+                .catalog
+                .checkpoint(h)?
+                .map(|c| format!("{}@v{}", c.machine, c.version)),
             None => None,
         };
         Ok(MachineInfo {
@@ -195,7 +255,8 @@ impl Repo {
             let m = self.machine_row(name)?;
             let _lock = self.lock_machine(name, "machine rm")?;
             for c in self.catalog.checkpoints(m.id)? {
-                self.store.delete_object(&manifest::checkpoint_key(&m.uid, c.version))?;
+                self.store
+                    .delete_object(&manifest::checkpoint_key(&m.uid, c.version))?;
             }
             self.store.delete_object(&manifest::machine_key(&m.uid))?;
             self.catalog.delete_machine(m.id)?;

@@ -55,7 +55,12 @@ fn kind_of(content: &Content) -> FileKind {
 }
 
 impl<'a> Materializer<'a> {
-    pub(crate) fn new(src: &'a BlobSource<'a>, root: &'a Dir, opts: ApplyOptions, progress: &'a dyn Progress) -> Self {
+    pub(crate) fn new(
+        src: &'a BlobSource<'a>,
+        root: &'a Dir,
+        opts: ApplyOptions,
+        progress: &'a dyn Progress,
+    ) -> Self {
         Materializer {
             src,
             opts,
@@ -68,7 +73,13 @@ impl<'a> Materializer<'a> {
     }
 
     /// Makes directory `dir` (at `path`) hold `to`, given that it holds `from` now.
-    pub(crate) fn apply_dir(&mut self, dir: &Dir, path: &[u8], from: Option<TreeId>, to: TreeId) -> Result<()> {
+    pub(crate) fn apply_dir(
+        &mut self,
+        dir: &Dir,
+        path: &[u8],
+        from: Option<TreeId>,
+        to: TreeId,
+    ) -> Result<()> {
         if from == Some(to) {
             return Ok(());
         }
@@ -132,8 +143,16 @@ impl<'a> Materializer<'a> {
                     Ok(())
                 }
                 (
-                    Content::File { size: s1, extents: e1, .. },
-                    Content::File { size: s2, extents: e2, .. },
+                    Content::File {
+                        size: s1,
+                        extents: e1,
+                        ..
+                    },
+                    Content::File {
+                        size: s2,
+                        extents: e2,
+                        ..
+                    },
                 ) if s1 == s2 && e1 == e2 => {
                     dir.set_meta(name, FileKind::File, &b.meta, &self.opts)?;
                     self.applied.metadata_only += 1;
@@ -145,14 +164,18 @@ impl<'a> Materializer<'a> {
                     self.applied.metadata_only += 1;
                     Ok(())
                 }
-                (Content::Hardlink { target: t1 }, Content::Hardlink { target: t2 }) if t1 == t2 => {
+                (Content::Hardlink { target: t1 }, Content::Hardlink { target: t2 })
+                    if t1 == t2 =>
+                {
                     // Same inode as its leader: metadata follows the leader.
                     Ok(())
                 }
                 _ => {
                     // Type or content changed: replace. Files are renamed over the old entry;
                     // anything else is removed first.
-                    if !matches!(b.content, Content::File { .. }) || matches!(a.content, Content::Dir { .. }) {
+                    if !matches!(b.content, Content::File { .. })
+                        || matches!(a.content, Content::Dir { .. })
+                    {
                         dir.remove(name)?;
                     }
                     self.applied.invalidated.push(path.clone());
@@ -165,7 +188,11 @@ impl<'a> Materializer<'a> {
     fn create(&mut self, dir: &Dir, path: &[u8], name: &[u8], node: &Node) -> Result<()> {
         let meta = &node.meta;
         match &node.content {
-            Content::File { size, extents, nlink } => {
+            Content::File {
+                size,
+                extents,
+                nlink,
+            } => {
                 let src = self.src;
                 let progress = self.progress;
                 let mut written = 0u64;
@@ -173,25 +200,30 @@ impl<'a> Materializer<'a> {
                     let mut off = 0u64;
                     for x in extents {
                         if let Extent::Data { id, .. } = x {
-                            let data = src.chunk(*id).map_err(|e| crate::rootfs::RootfsError::Tar {
-                                entry: String::from_utf8_lossy(path).into_owned(),
-                                reason: e.to_string(),
-                            })?;
-                            f.write_all_at(&data, off).map_err(|source| crate::rootfs::RootfsError::Io {
-                                path: String::from_utf8_lossy(path).into_owned(),
-                                op: "write",
-                                source,
+                            let data =
+                                src.chunk(*id)
+                                    .map_err(|e| crate::rootfs::RootfsError::Tar {
+                                        entry: String::from_utf8_lossy(path).into_owned(),
+                                        reason: e.to_string(),
+                                    })?;
+                            f.write_all_at(&data, off).map_err(|source| {
+                                crate::rootfs::RootfsError::Io {
+                                    path: String::from_utf8_lossy(path).into_owned(),
+                                    op: "write",
+                                    source,
+                                }
                             })?;
                             written += data.len() as u64;
                             progress.advance(data.len() as u64);
                         }
                         off += x.len();
                     }
-                    f.set_len(*size).map_err(|source| crate::rootfs::RootfsError::Io {
-                        path: String::from_utf8_lossy(path).into_owned(),
-                        op: "truncate",
-                        source,
-                    })
+                    f.set_len(*size)
+                        .map_err(|source| crate::rootfs::RootfsError::Io {
+                            path: String::from_utf8_lossy(path).into_owned(),
+                            op: "truncate",
+                            source,
+                        })
                 })?;
                 set_meta_fd(&file, meta, &self.opts)?;
                 self.applied.written_files += 1;
@@ -242,11 +274,23 @@ impl<'a> Materializer<'a> {
         let sig = StatSig {
             ino: st.st_ino,
             size: st.st_size as u64,
-            mtime: crate::model::Timestamp { secs: st.st_mtime, nanos: st.st_mtime_nsec as u32 },
-            ctime: crate::model::Timestamp { secs: st.st_ctime, nanos: st.st_ctime_nsec as u32 },
+            mtime: crate::model::Timestamp {
+                secs: st.st_mtime,
+                nanos: st.st_mtime_nsec as u32,
+            },
+            ctime: crate::model::Timestamp {
+                secs: st.st_ctime,
+                nanos: st.st_ctime_nsec as u32,
+            },
             mode: st.st_mode,
         };
-        self.applied.cache.push((path.to_vec(), CacheEntry { sig, extents: extents.to_vec() }));
+        self.applied.cache.push((
+            path.to_vec(),
+            CacheEntry {
+                sig,
+                extents: extents.to_vec(),
+            },
+        ));
         Ok(())
     }
 
@@ -260,9 +304,16 @@ impl<'a> Materializer<'a> {
     pub(crate) fn finish_links(&mut self, full_root: TreeId) -> Result<()> {
         if !self.rewritten_leaders.is_empty() {
             let mut extra = Vec::new();
-            collect_followers(self.src, full_root, &[], &self.rewritten_leaders, &mut extra)?;
+            collect_followers(
+                self.src,
+                full_root,
+                &[],
+                &self.rewritten_leaders,
+                &mut extra,
+            )?;
             let known: HashSet<Vec<u8>> = self.links.iter().map(|(p, _)| p.clone()).collect();
-            self.links.extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
+            self.links
+                .extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
         }
         for (path, target) in std::mem::take(&mut self.links) {
             let (dir, name) = open_parent(self.root, &path)?;
@@ -277,7 +328,10 @@ impl<'a> Materializer<'a> {
 
 /// Opens the parent directory of a relative path without following symlinks.
 pub(crate) fn open_parent(root: &Dir, path: &[u8]) -> Result<(Dir, Vec<u8>)> {
-    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     let Some((last, parents)) = comps.split_last() else {
         return Err(EngineError::Invalid("empty path".to_owned()));
     };
@@ -300,7 +354,9 @@ fn collect_followers(
         let p = join_path(path, &e.name);
         match &e.node.content {
             Content::Dir { tree } => collect_followers(src, *tree, &p, leaders, out)?,
-            Content::Hardlink { target } if leaders.contains(target) => out.push((p, target.clone())),
+            Content::Hardlink { target } if leaders.contains(target) => {
+                out.push((p, target.clone()))
+            }
             _ => {}
         }
     }

@@ -111,7 +111,13 @@ impl Repo {
 
     /// Records an operation in the audit log. Failure to audit never masks the operation's own
     /// outcome, so errors here are logged and dropped.
-    fn audit(&self, op: &str, machine: Option<&str>, target: Option<&str>, outcome: &Result<String>) {
+    fn audit(
+        &self,
+        op: &str,
+        machine: Option<&str>,
+        target: Option<&str>,
+        outcome: &Result<String>,
+    ) {
         let (outcome, detail) = match outcome {
             Ok(d) => ("ok", d.clone()),
             Err(e) => ("error", e.to_string()),
@@ -131,7 +137,11 @@ impl Repo {
     }
 
     /// The audit log, oldest first.
-    pub fn audit_log(&self, machine: Option<&str>, limit: Option<u64>) -> Result<Vec<crate::catalog::AuditRow>> {
+    pub fn audit_log(
+        &self,
+        machine: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<crate::catalog::AuditRow>> {
         Ok(self.catalog.audit(machine, limit)?)
     }
 }

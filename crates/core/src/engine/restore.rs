@@ -65,13 +65,19 @@ struct Journal {
 
 impl Repo {
     /// Restores a machine in place to a checkpoint (or one subtree of it).
-    pub fn restore(&self, r: &Ref, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    pub fn restore(
+        &self,
+        r: &Ref,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let result = (|| {
             let (m, target) = self.resolve(r)?;
             let _lock = self.lock_machine(&m.name, "restore")?;
             let completed = self.complete_interrupted(&m, progress)?;
             let m = self.machine_row(&m.name)?;
-            let mut report = self.restore_locked(&m, &target, opts.path.clone().or(r.path.clone()), progress)?;
+            let mut report =
+                self.restore_locked(&m, &target, opts.path.clone().or(r.path.clone()), progress)?;
             report.completed_interrupted = completed;
             Ok(report)
         })();
@@ -95,7 +101,12 @@ impl Repo {
         let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
         let (live, epoch) = self.ingest_live(m, &writer, progress)?;
         let stats = writer.flush()?;
-        let existing = self.catalog.checkpoints(m.id)?.into_iter().rev().find(|c| c.root == live.root);
+        let existing = self
+            .catalog
+            .checkpoints(m.id)?
+            .into_iter()
+            .rev()
+            .find(|c| c.root == live.root);
         let undo = match existing {
             Some(c) => c,
             None => {
@@ -105,11 +116,27 @@ impl Repo {
                 };
                 let opts = CheckpointOptions {
                     name: None,
-                    note: format!("automatic: state before restore to {}@v{}", target.machine, target.version),
+                    note: format!(
+                        "automatic: state before restore to {}@v{}",
+                        target.machine, target.version
+                    ),
                     auto: true,
                 };
-                let row = self.commit(m, &live.root, &opts, head.as_ref(), live.logical_bytes, live.entries, stats.stored_bytes)?;
-                self.audit("create", Some(&m.name), Some(&format!("{}@v{}", m.name, row.version)), &Ok("automatic undo point".to_owned()));
+                let row = self.commit(
+                    m,
+                    &live.root,
+                    &opts,
+                    head.as_ref(),
+                    live.logical_bytes,
+                    live.entries,
+                    stats.stored_bytes,
+                )?;
+                self.audit(
+                    "create",
+                    Some(&m.name),
+                    Some(&format!("{}@v{}", m.name, row.version)),
+                    &Ok("automatic undo point".to_owned()),
+                );
                 row
             }
         };
@@ -120,11 +147,22 @@ impl Repo {
             target_ref: format!("{}@v{}", target.machine, target.version),
             path: path.clone(),
         };
-        self.catalog.set_pending(m.id, Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")))?;
+        self.catalog.set_pending(
+            m.id,
+            Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")),
+        )?;
         // Step 4.
         let mut cache = live.cache;
         cache.epoch = epoch;
-        let applied = self.materialize_into(m, live.root, target.root, path.as_deref(), Default::default(), progress, &mut cache)?;
+        let applied = self.materialize_into(
+            m,
+            live.root,
+            target.root,
+            path.as_deref(),
+            Default::default(),
+            progress,
+            &mut cache,
+        )?;
         // Step 5.
         if path.is_none() {
             self.catalog.set_head(m.id, Some(target.id))?;
@@ -188,7 +226,13 @@ impl Repo {
                     EngineError::Invalid(format!("cannot restore {}: its parent is missing or not a directory in the live machine ({e}); restore the parent instead", display(comps)))
                 })?;
                 let parent_path = comps[..comps.len() - 1].join(&b'/');
-                mat.apply_entry(&parent, &parent_path, &name, from_node.as_ref(), to_node.as_ref())?;
+                mat.apply_entry(
+                    &parent,
+                    &parent_path,
+                    &name,
+                    from_node.as_ref(),
+                    to_node.as_ref(),
+                )?;
             }
         }
         mat.finish_links(to_top_tree)?;
@@ -199,7 +243,11 @@ impl Repo {
 
     /// Completes a restore that a crash interrupted (step 4 of the protocol above). Returns
     /// the target it completed, if there was one.
-    pub(crate) fn complete_interrupted(&self, m: &MachineRow, progress: &dyn Progress) -> Result<Option<String>> {
+    pub(crate) fn complete_interrupted(
+        &self,
+        m: &MachineRow,
+        progress: &dyn Progress,
+    ) -> Result<Option<String>> {
         let Some(text) = &m.pending else {
             return Ok(None);
         };
@@ -212,30 +260,55 @@ impl Repo {
             self.catalog.set_pending(m.id, None)?;
             return Ok(None);
         };
-        tracing::info!("completing the interrupted restore of {} to {}", m.name, journal.target_ref);
+        tracing::info!(
+            "completing the interrupted restore of {} to {}",
+            m.name,
+            journal.target_ref
+        );
         let _session = self.begin_session("restore")?;
         let writer = BlobWriter::new_dry(&self.store, &self.catalog_path())?;
         let (live, epoch) = self.ingest_live(m, &writer, progress)?;
         // The live trees exist only in the dry writer; give them to the materializer's source.
         let mut cache = live.cache;
         cache.epoch = epoch;
-        self.materialize_into(m, live.root, target.root, journal.path.as_deref(), writer.take_trees(), progress, &mut cache)?;
+        self.materialize_into(
+            m,
+            live.root,
+            target.root,
+            journal.path.as_deref(),
+            writer.take_trees(),
+            progress,
+            &mut cache,
+        )?;
         if journal.path.is_none() {
             self.catalog.set_head(m.id, Some(target.id))?;
         }
         self.catalog.set_pending(m.id, None)?;
         let _ = cache.save(&self.machine_state_dir(&m.uid).join("statcache"));
-        self.audit("restore", Some(&m.name), Some(&journal.target_ref), &Ok("completed an interrupted restore".to_owned()));
+        self.audit(
+            "restore",
+            Some(&m.name),
+            Some(&journal.target_ref),
+            &Ok("completed an interrupted restore".to_owned()),
+        );
         Ok(Some(journal.target_ref))
     }
 
     /// Forks a checkpoint into a new directory machine.
-    pub fn fork(&self, r: &Ref, opts: &ForkOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    pub fn fork(
+        &self,
+        r: &Ref,
+        opts: &ForkOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let result = (|| {
             crate::model::validate_machine_name(&opts.name)?;
             let (src_m, target) = self.resolve(r)?;
             if self.catalog.machine(&opts.name)?.is_some() {
-                return Err(EngineError::Invalid(format!("machine {} already exists; pick another name", opts.name)));
+                return Err(EngineError::Invalid(format!(
+                    "machine {} already exists; pick another name",
+                    opts.name
+                )));
             }
             let _lock = self.lock_machine(&opts.name, "fork")?;
             let dir = self.prepare_new_dir(&opts.dir)?;
@@ -243,7 +316,8 @@ impl Repo {
             let src = BlobSource::new(&self.store, &self.catalog_path())?;
             let root = Dir::open(&dir)?;
             progress.phase("forking", Some(target.logical_bytes));
-            let mut mat = Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
+            let mut mat =
+                Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
             let top = root_node(&src, target.root)?;
             let top_tree = dir_tree(&top)?;
             mat.apply_dir(&root, &[], None, top_tree)?;
@@ -251,9 +325,24 @@ impl Repo {
             mat.finish_links(top_tree)?;
             let applied = std::mem::take(&mut mat.applied);
             let m = self.register_machine(&opts.name, &dir)?;
-            let copts = CheckpointOptions { name: None, note: format!("forked from {}@v{}", src_m.name, target.version), auto: false };
-            let row = self.commit(&m, &target.root, &copts, Some(&target), target.logical_bytes, target.entries, 0)?;
-            let mut cache = StatCache { epoch: self.catalog.gc_epoch()?, ..Default::default() };
+            let copts = CheckpointOptions {
+                name: None,
+                note: format!("forked from {}@v{}", src_m.name, target.version),
+                auto: false,
+            };
+            let row = self.commit(
+                &m,
+                &target.root,
+                &copts,
+                Some(&target),
+                target.logical_bytes,
+                target.entries,
+                0,
+            )?;
+            let mut cache = StatCache {
+                epoch: self.catalog.gc_epoch()?,
+                ..Default::default()
+            };
             fold_cache(&mut cache, &applied);
             let _ = cache.save(&self.machine_state_dir(&m.uid).join("statcache"));
             Ok(RestoreReport {
@@ -267,7 +356,10 @@ impl Repo {
                 warnings: applied.warnings,
             })
         })();
-        let detail = result.as_ref().map(|rep| rep.target.clone()).map_err(clone_err);
+        let detail = result
+            .as_ref()
+            .map(|rep| rep.target.clone())
+            .map_err(clone_err);
         self.audit("fork", Some(&opts.name), Some(&r.to_string()), &detail);
         result
     }
@@ -276,21 +368,30 @@ impl Repo {
 /// The node of the machine directory itself in a checkpoint root.
 pub(crate) fn root_node(src: &BlobSource<'_>, root: TreeId) -> Result<Node> {
     let t = src.tree(root)?;
-    t.get(ROOT_ENTRY).map(|e| e.node.clone()).ok_or_else(|| EngineError::Corrupt {
-        what: format!("checkpoint root {}", root.short()),
-        reason: "it has no machine directory entry".to_owned(),
-    })
+    t.get(ROOT_ENTRY)
+        .map(|e| e.node.clone())
+        .ok_or_else(|| EngineError::Corrupt {
+            what: format!("checkpoint root {}", root.short()),
+            reason: "it has no machine directory entry".to_owned(),
+        })
 }
 
 pub(crate) fn dir_tree(node: &Node) -> Result<TreeId> {
     match node.content {
         Content::Dir { tree } => Ok(tree),
-        _ => Err(EngineError::Corrupt { what: "a checkpoint root".to_owned(), reason: "it is not a directory".to_owned() }),
+        _ => Err(EngineError::Corrupt {
+            what: "a checkpoint root".to_owned(),
+            reason: "it is not a directory".to_owned(),
+        }),
     }
 }
 
 /// The node at `comps` below the machine directory node `top`, if any.
-pub(crate) fn lookup_path(src: &BlobSource<'_>, top: &Node, comps: &[Vec<u8>]) -> Result<Option<Node>> {
+pub(crate) fn lookup_path(
+    src: &BlobSource<'_>,
+    top: &Node,
+    comps: &[Vec<u8>],
+) -> Result<Option<Node>> {
     let mut node = top.clone();
     for c in comps {
         let Content::Dir { tree } = node.content else {
@@ -312,7 +413,8 @@ pub(crate) fn display(comps: &[Vec<u8>]) -> String {
 /// Drops cache entries under invalidated paths and adds the entries of files just written.
 fn fold_cache(cache: &mut StatCache, applied: &Applied) {
     if !applied.invalidated.is_empty() {
-        let dead: std::collections::HashSet<&[u8]> = applied.invalidated.iter().map(|p| p.as_slice()).collect();
+        let dead: std::collections::HashSet<&[u8]> =
+            applied.invalidated.iter().map(|p| p.as_slice()).collect();
         cache.entries.retain(|path, _| {
             let mut p: &[u8] = path;
             loop {

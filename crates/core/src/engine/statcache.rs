@@ -55,7 +55,10 @@ impl StatCache {
     pub(crate) fn load(path: &Path) -> StatCache {
         match std::fs::read(path) {
             Ok(bytes) => decode(&bytes).unwrap_or_else(|| {
-                tracing::warn!("stat cache {} is damaged; all files will be re-read", path.display());
+                tracing::warn!(
+                    "stat cache {} is damaged; all files will be re-read",
+                    path.display()
+                );
                 StatCache::default()
             }),
             Err(_) => StatCache::default(),
@@ -100,13 +103,24 @@ impl StatCache {
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .map_err(|source| EngineError::Io { op: "create directory", path: dir.to_owned(), source })?;
-        let io = |op, source| EngineError::Io { op, path: path.to_owned(), source };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("create stat cache", e))?;
+        std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
+            op: "create directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let io = |op, source| EngineError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(|e| io("create stat cache", e))?;
         tmp.write_all(&out).map_err(|e| io("write stat cache", e))?;
-        tmp.as_file().sync_all().map_err(|e| io("sync stat cache", e))?;
-        tmp.persist(path).map_err(|e| io("rename stat cache", e.error))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| io("sync stat cache", e))?;
+        tmp.persist(path)
+            .map_err(|e| io("rename stat cache", e.error))?;
         Ok(())
     }
 }
@@ -128,8 +142,14 @@ fn decode(bytes: &[u8]) -> Option<StatCache> {
         let path = r.take(plen)?.to_vec();
         let ino = r.u64()?;
         let size = r.u64()?;
-        let mtime = Timestamp { secs: r.u64()? as i64, nanos: r.u32()? };
-        let ctime = Timestamp { secs: r.u64()? as i64, nanos: r.u32()? };
+        let mtime = Timestamp {
+            secs: r.u64()? as i64,
+            nanos: r.u32()?,
+        };
+        let ctime = Timestamp {
+            secs: r.u64()? as i64,
+            nanos: r.u32()?,
+        };
         let mode = r.u32()?;
         let n = r.u32()?;
         let mut extents = Vec::with_capacity(n.min(1 << 20) as usize);
@@ -137,12 +157,27 @@ fn decode(bytes: &[u8]) -> Option<StatCache> {
             let tag = r.take(1)?[0];
             let len = r.u64()?;
             extents.push(match tag {
-                0 => Extent::Data { id: ChunkId::from_slice(r.take(32)?).ok()?, len },
+                0 => Extent::Data {
+                    id: ChunkId::from_slice(r.take(32)?).ok()?,
+                    len,
+                },
                 1 => Extent::Hole { len },
                 _ => return None,
             });
         }
-        entries.insert(path, CacheEntry { sig: StatSig { ino, size, mtime, ctime, mode }, extents });
+        entries.insert(
+            path,
+            CacheEntry {
+                sig: StatSig {
+                    ino,
+                    size,
+                    mtime,
+                    ctime,
+                    mode,
+                },
+                extents,
+            },
+        );
     }
     (r.pos == body.len()).then_some(StatCache { epoch, entries })
 }
@@ -174,7 +209,10 @@ mod tests {
     fn round_trip_and_damage_is_an_empty_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("statcache");
-        let mut c = StatCache { epoch: 7, ..Default::default() };
+        let mut c = StatCache {
+            epoch: 7,
+            ..Default::default()
+        };
         let sig = StatSig {
             ino: 42,
             size: 10,
@@ -182,8 +220,20 @@ mod tests {
             ctime: Timestamp { secs: 1, nanos: 2 },
             mode: 0o100644,
         };
-        let extents = vec![Extent::Data { id: ChunkId::of(b"x"), len: 4 }, Extent::Hole { len: 6 }];
-        c.entries.insert(b"etc/a\nb".to_vec(), CacheEntry { sig: sig.clone(), extents: extents.clone() });
+        let extents = vec![
+            Extent::Data {
+                id: ChunkId::of(b"x"),
+                len: 4,
+            },
+            Extent::Hole { len: 6 },
+        ];
+        c.entries.insert(
+            b"etc/a\nb".to_vec(),
+            CacheEntry {
+                sig: sig.clone(),
+                extents: extents.clone(),
+            },
+        );
         c.save(&path).unwrap();
         let back = StatCache::load(&path);
         assert_eq!(back.epoch, 7);
@@ -194,6 +244,10 @@ mod tests {
         bytes[mid] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert!(StatCache::load(&path).entries.is_empty());
-        assert!(StatCache::load(&dir.path().join("missing")).entries.is_empty());
+        assert!(
+            StatCache::load(&dir.path().join("missing"))
+                .entries
+                .is_empty()
+        );
     }
 }

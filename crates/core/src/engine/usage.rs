@@ -1,7 +1,10 @@
 //! Space accounting: logical, stored and exclusive bytes per checkpoint and per machine.
 
+use super::blobs::BlobSource;
 use super::{Repo, Result};
 use crate::catalog::CheckpointKey;
+use crate::model::{BlobId, Content, Extent, TreeId};
+use std::collections::{HashMap, HashSet};
 
 /// Sizes of one checkpoint.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -41,13 +44,125 @@ pub struct DuReport {
 
 impl DuReport {
     pub(crate) fn checkpoint(&self, key: CheckpointKey) -> Option<&CheckpointUsage> {
-        self.machines.iter().flat_map(|m| &m.checkpoints).find(|c| c.key == key)
+        self.machines
+            .iter()
+            .flat_map(|m| &m.checkpoints)
+            .find(|c| c.key == key)
     }
 }
 
 impl Repo {
     /// Space accounting for every machine and checkpoint.
     pub fn usage(&self) -> Result<DuReport> {
-        todo_usage(self)
+        let src = BlobSource::new(&self.store, &self.catalog_path())?;
+        let mut sizes: HashMap<BlobId, (u32, u64)> = HashMap::new();
+        let mut index: Vec<BlobId> = Vec::new();
+        self.catalog.for_each_blob(&mut |loc| {
+            sizes.insert(loc.id, (index.len() as u32, u64::from(loc.stored_len)));
+            index.push(loc.id);
+        })?;
+        let store_bytes: u64 = self.catalog.packs()?.iter().map(|p| p.size).sum();
+        let checkpoints = self.catalog.all_checkpoints()?;
+        // Per checkpoint, the distinct blobs it reaches (as indices into `index`).
+        let mut reach: Vec<Vec<u32>> = Vec::with_capacity(checkpoints.len());
+        let mut refs: Vec<u32> = vec![0; index.len()];
+        // The one machine referencing a blob, or u64::MAX when several do.
+        let mut owner: Vec<i64> = vec![-1; index.len()];
+        for c in &checkpoints {
+            let mut seen = HashSet::new();
+            let mut mine: HashSet<u32> = HashSet::new();
+            walk_reachable(&src, c.root, &mut seen, &mut |id| {
+                if let Some((i, _)) = sizes.get(&id) {
+                    mine.insert(*i);
+                }
+            })?;
+            for &i in &mine {
+                refs[i as usize] += 1;
+                let o = &mut owner[i as usize];
+                *o = if *o == -1 || *o == c.machine_id {
+                    c.machine_id
+                } else {
+                    -2
+                };
+            }
+            reach.push(mine.into_iter().collect());
+        }
+        let size_of = |i: u32| sizes[&index[i as usize]].1;
+        let mut machines: Vec<MachineUsage> = Vec::new();
+        for m in self.catalog.machines()? {
+            let mut mu = MachineUsage {
+                name: m.name.clone(),
+                logical_bytes: 0,
+                stored_bytes: 0,
+                exclusive_bytes: 0,
+                checkpoints: Vec::new(),
+            };
+            let mut union: HashSet<u32> = HashSet::new();
+            for (c, r) in checkpoints
+                .iter()
+                .zip(&reach)
+                .filter(|(c, _)| c.machine_id == m.id)
+            {
+                mu.checkpoints.push(CheckpointUsage {
+                    id: format!("{}@v{}", m.name, c.version),
+                    key: c.id,
+                    logical_bytes: c.logical_bytes,
+                    stored_bytes: r.iter().map(|&i| size_of(i)).sum(),
+                    exclusive_bytes: r
+                        .iter()
+                        .filter(|&&i| refs[i as usize] == 1)
+                        .map(|&i| size_of(i))
+                        .sum(),
+                });
+                mu.logical_bytes = mu.logical_bytes.max(c.logical_bytes);
+                union.extend(r.iter().copied());
+            }
+            mu.stored_bytes = union.iter().map(|&i| size_of(i)).sum();
+            mu.exclusive_bytes = union
+                .iter()
+                .filter(|&&i| owner[i as usize] == m.id)
+                .map(|&i| size_of(i))
+                .sum();
+            machines.push(mu);
+        }
+        let referenced_bytes: u64 = (0..index.len() as u32)
+            .filter(|&i| refs[i as usize] > 0)
+            .map(size_of)
+            .sum();
+        Ok(DuReport {
+            machines,
+            store_bytes,
+            referenced_bytes,
+            unreferenced_bytes: store_bytes.saturating_sub(referenced_bytes),
+        })
     }
+}
+
+/// Calls `f` for every blob reachable from checkpoint root `root`: each tree once (trees in
+/// `seen` are skipped, so identical subtrees cost nothing), and every chunk of every file.
+pub(crate) fn walk_reachable(
+    src: &BlobSource<'_>,
+    root: TreeId,
+    seen: &mut HashSet<TreeId>,
+    f: &mut dyn FnMut(BlobId),
+) -> Result<()> {
+    if !seen.insert(root) {
+        return Ok(());
+    }
+    f(BlobId::from(root));
+    let tree = src.tree(root)?;
+    for e in &tree.entries {
+        match &e.node.content {
+            Content::Dir { tree } => walk_reachable(src, *tree, seen, f)?,
+            Content::File { extents, .. } => {
+                for x in extents {
+                    if let Extent::Data { id, .. } = x {
+                        f(BlobId::from(*id));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,6 @@ use crate::model::{ChunkId, Content, Extent, Ref, Tree, TreeId};
 use crate::rootfs::{TreeSource, export_tar};
 use std::io::Write;
 
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl TreeSource for BlobSource<'_> {
@@ -41,7 +40,11 @@ impl Repo {
                 root_node(&src, live.root)?
             }
         };
-        let comps = a.path.clone().or_else(|| b.and_then(|b| b.path.clone())).unwrap_or_default();
+        let comps = a
+            .path
+            .clone()
+            .or_else(|| b.and_then(|b| b.path.clone()))
+            .unwrap_or_default();
         let na = lookup_path(&src, &top_a, &comps)?;
         let nb = lookup_path(&src, &top_b, &comps)?;
         let lookup = |id: TreeId| src.tree(id);
@@ -50,7 +53,10 @@ impl Repo {
         match (na, nb) {
             (Some(x), Some(y)) => diff_nodes(&lookup, &x, &y, &path, &mut out)?,
             (None, None) => {
-                return Err(EngineError::PathNotFound { reference: a.to_string(), path: display(&comps) });
+                return Err(EngineError::PathNotFound {
+                    reference: a.to_string(),
+                    path: display(&comps),
+                });
             }
             // One side lacks the path: everything on the other side is added or deleted.
             (Some(x), None) => whole(&lookup, ChangeKind::Deleted, &x, &path, &mut out)?,
@@ -65,11 +71,14 @@ impl Repo {
         let (_, c) = self.resolve(r)?;
         let top = root_node(&src, c.root)?;
         let comps = r.path.clone().unwrap_or_default();
-        let node = lookup_path(&src, &top, &comps)?
-            .ok_or_else(|| EngineError::PathNotFound { reference: r.to_string(), path: display(&comps) })?;
+        let node = lookup_path(&src, &top, &comps)?.ok_or_else(|| EngineError::PathNotFound {
+            reference: r.to_string(),
+            path: display(&comps),
+        })?;
         let node = match &node.content {
             Content::Hardlink { target } => {
-                let leader: Vec<Vec<u8>> = target.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+                let leader: Vec<Vec<u8>> =
+                    target.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
                 lookup_path(&src, &top, &leader)?.unwrap_or(node)
             }
             _ => node,
@@ -83,7 +92,11 @@ impl Repo {
         };
         let mut written = 0;
         let zeros = vec![0u8; 64 * 1024];
-        let io = |source| EngineError::Io { op: "write", path: "standard output".into(), source };
+        let io = |source| EngineError::Io {
+            op: "write",
+            path: "standard output".into(),
+            source,
+        };
         for x in extents {
             match x {
                 Extent::Data { id, .. } => {
@@ -111,10 +124,16 @@ impl Repo {
             let (_, c) = self.resolve(r)?;
             let top = root_node(&src, c.root)?;
             let comps = r.path.clone().unwrap_or_default();
-            let node = lookup_path(&src, &top, &comps)?
-                .ok_or_else(|| EngineError::PathNotFound { reference: r.to_string(), path: display(&comps) })?;
+            let node =
+                lookup_path(&src, &top, &comps)?.ok_or_else(|| EngineError::PathNotFound {
+                    reference: r.to_string(),
+                    path: display(&comps),
+                })?;
             let Content::Dir { tree } = node.content else {
-                return Err(EngineError::Invalid(format!("{} is not a directory; use `cairn cat` for a file", r)));
+                return Err(EngineError::Invalid(format!(
+                    "{} is not a directory; use `cairn cat` for a file",
+                    r
+                )));
             };
             progress.phase("exporting", Some(c.logical_bytes));
             let mut adv = |n: u64| progress.advance(n);
@@ -123,4 +142,3 @@ impl Repo {
         result
     }
 }
-

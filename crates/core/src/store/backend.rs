@@ -48,6 +48,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn delete(&self, key: &str) -> Result<(), BackendError>;
     /// Size of the object, or `NotFound`.
     fn size(&self, key: &str) -> Result<u64, BackendError>;
+    /// Deletes leftovers of interrupted `put`s (staging files, unfinished uploads) older than
+    /// `older_than` and returns how many it removed. The age threshold keeps it from racing a
+    /// `put` that is still in flight. Never touches a committed object.
+    ///
+    /// The default does nothing: a backend whose `put` stages nothing has nothing to sweep.
+    fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u64, BackendError> {
+        let _ = older_than;
+        Ok(0)
+    }
 }
 
 /// Checks a key against the contract's character set, so no key can name a path outside the

@@ -1,0 +1,746 @@
+//! The pack format: many compressed blobs in one immutable object, followed by their index.
+//!
+//! A pack carries its own index, so the catalog's chunk index can always be rebuilt from the
+//! packs alone. The index sits at the end, behind a fixed-size trailer, so a reader needs
+//! only two range reads (trailer, then index) and never the blob data.
+//!
+//! Layout, version 1 (all integers little-endian):
+//!
+//! | offset          | size       | field                                              |
+//! |-----------------|------------|----------------------------------------------------|
+//! | 0               | 7          | magic `CAIRNPK`                                    |
+//! | 7               | 1          | pack version (`1`)                                 |
+//! | 8               | varies     | blobs back to back; each is a *stored blob*:       |
+//! |                 |   1        | · codec tag: `0` = raw, `1` = one or more zstd frames |
+//! |                 |   n        | · payload                                          |
+//! | `index_off`     | 49 × count | index entries, in blob order:                      |
+//! |                 |   1        | · kind (`0` = chunk, `1` = tree)                   |
+//! |                 |   32       | · blob id (BLAKE3 of the raw bytes)                |
+//! |                 |   8        | · offset of the stored blob (its tag byte) in the pack |
+//! |                 |   4        | · stored length (tag + payload)                    |
+//! |                 |   4        | · raw length                                       |
+//! | `size - 44`     | 4          | count of index entries                             |
+//! | `size - 40`     | 32         | BLAKE3 of the index entries' bytes                 |
+//! | `size - 8`      | 7          | magic `CAIRNIX`                                    |
+//! | `size - 1`      | 1          | index version (`1`)                                |
+//!
+//! Invariants, checked by [`parse_index`]:
+//! - `index_off = size - 44 - 49 × count`, and the stored blobs tile `[8, index_off)` exactly,
+//!   in index order, with no gaps or overlaps; every stored length is at least 1 (the tag).
+//! - No blob id appears twice in one pack.
+//! - The pack's id is the BLAKE3 of all its bytes, so one hash check covers everything.
+//!
+//! The encoder is canonical: the same sequence of `add`s gives the same bytes and the same
+//! pack id. A blob is stored raw when zstd does not make it strictly smaller.
+
+use super::StoreError;
+use crate::model::{BlobId, PackId};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
+
+pub const PACK_MAGIC: &[u8; 7] = b"CAIRNPK";
+pub const INDEX_MAGIC: &[u8; 7] = b"CAIRNIX";
+/// Version of the whole layout above; stored in both the header and the trailer.
+pub const PACK_VERSION: u8 = 1;
+pub const HEADER_LEN: u64 = 8;
+pub const ENTRY_LEN: u64 = 1 + 32 + 8 + 4 + 4;
+pub const TRAILER_LEN: u64 = 4 + 32 + 8;
+/// zstd level for blobs: fast enough for ingest, most of the ratio of higher levels.
+pub const ZSTD_LEVEL: i32 = 3;
+/// Largest raw blob: the raw-stored form (tag + bytes) must fit the u32 stored length.
+pub const MAX_BLOB_LEN: u64 = u32::MAX as u64 - 1;
+
+const CODEC_RAW: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+/// Decoding preallocates at most this much; beyond it the buffer grows with the data
+/// actually decoded, so a corrupt raw length cannot force a huge allocation.
+const MAX_PREALLOC: usize = 4 << 20;
+
+/// What a blob is. The store does not interpret blobs; the kind lets a rebuild of the
+/// catalog from packs alone tell chunks from trees.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    Chunk = 0,
+    Tree = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Chunk),
+            1 => Some(Self::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// Where one blob sits in a pack: `offset`/`stored_len` delimit its stored form
+/// (codec tag + payload); `raw_len` is the length after decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// Where the index of a pack of known size lies, as read from its trailer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexLocation {
+    /// Offset of the first index entry.
+    pub offset: u64,
+    pub count: u32,
+}
+
+impl IndexLocation {
+    /// Bytes from the index start to the end of the pack: what [`parse_index`] needs.
+    pub fn tail_len(&self) -> u64 {
+        u64::from(self.count) * ENTRY_LEN + TRAILER_LEN
+    }
+}
+
+fn malformed<T>(reason: impl Into<String>) -> Result<T, StoreError> {
+    Err(StoreError::Malformed {
+        reason: reason.into(),
+    })
+}
+
+thread_local! {
+    // One compression context per thread: creating one per blob costs about as much as
+    // compressing a small chunk. Reuse does not change the output.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(raw: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut()?.compress(raw).ok()
+    })
+}
+
+/// Encodes a blob into its stored form: codec tag + payload. Pure and canonical, so the
+/// engine may call it on worker threads and hand the result to [`PackWriter::add_stored`].
+///
+/// zstd is used only when it makes the blob strictly smaller; if compression fails for any
+/// reason the blob is stored raw, which is always valid.
+pub fn encode_blob(raw: &[u8]) -> Vec<u8> {
+    if let Some(z) = zstd_compress(raw)
+        && z.len() < raw.len()
+    {
+        let mut out = Vec::with_capacity(1 + z.len());
+        out.push(CODEC_ZSTD);
+        out.extend_from_slice(&z);
+        return out;
+    }
+    let mut out = Vec::with_capacity(1 + raw.len());
+    out.push(CODEC_RAW);
+    out.extend_from_slice(raw);
+    out
+}
+
+/// Decodes a stored blob, which must decode to exactly `raw_len` bytes. Never allocates much
+/// more than `raw_len`. Does not check the blob's hash; the caller, who knows the id, does.
+pub fn decode_blob(stored: &[u8], raw_len: u32) -> Result<Vec<u8>, StoreError> {
+    let Some((&tag, payload)) = stored.split_first() else {
+        return malformed("stored blob is empty (no codec tag)");
+    };
+    let want = raw_len as usize;
+    match tag {
+        CODEC_RAW if payload.len() == want => Ok(payload.to_vec()),
+        CODEC_RAW => malformed(format!(
+            "raw blob holds {} bytes, index says {want}",
+            payload.len()
+        )),
+        CODEC_ZSTD => {
+            let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(|e| {
+                StoreError::Malformed {
+                    reason: format!("zstd: {e}"),
+                }
+            })?;
+            let mut out = Vec::with_capacity(want.min(MAX_PREALLOC));
+            // One byte over the limit tells "too long" from "exactly right".
+            decoder
+                .take(u64::from(raw_len) + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| StoreError::Malformed {
+                    reason: format!("zstd: {e}"),
+                })?;
+            if out.len() != want {
+                return malformed(format!(
+                    "blob decompresses to {}{} bytes, index says {want}",
+                    out.len(),
+                    if out.len() > want { " or more" } else { "" }
+                ));
+            }
+            Ok(out)
+        }
+        t => malformed(format!("unknown codec tag {t}")),
+    }
+}
+
+/// Builds one pack in memory. Holds each blob id at most once.
+#[derive(Default)]
+pub struct PackWriter {
+    /// Header followed by the stored blobs added so far.
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+    ids: HashSet<BlobId>,
+}
+
+impl fmt::Debug for PackWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackWriter")
+            .field("blobs", &self.entries.len())
+            .field("stored_bytes", &self.stored_bytes())
+            .finish()
+    }
+}
+
+impl PackWriter {
+    pub fn new() -> Self {
+        let mut bytes = Vec::with_capacity(1 << 20);
+        bytes.extend_from_slice(PACK_MAGIC);
+        bytes.push(PACK_VERSION);
+        Self {
+            bytes,
+            entries: Vec::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Compresses and appends `raw` as blob `id`, which must be `BLAKE3(raw)`.
+    /// Returns `Ok(false)` without doing anything if the writer already holds `id`.
+    pub fn add(&mut self, id: BlobId, kind: BlobKind, raw: &[u8]) -> Result<bool, StoreError> {
+        if self.ids.contains(&id) {
+            return Ok(false);
+        }
+        debug_assert_eq!(
+            BlobId::of(raw),
+            id,
+            "blob id must be BLAKE3 of its raw bytes"
+        );
+        let raw_len = blob_len(id, raw.len())?;
+        let stored = encode_blob(raw);
+        self.push(id, kind, &stored, raw_len)
+    }
+
+    /// Appends a blob already encoded by [`encode_blob`] from `raw_len` raw bytes.
+    /// Returns `Ok(false)` without doing anything if the writer already holds `id`.
+    pub fn add_stored(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        stored: Vec<u8>,
+        raw_len: u32,
+    ) -> Result<bool, StoreError> {
+        if self.ids.contains(&id) {
+            return Ok(false);
+        }
+        if u64::from(raw_len) > MAX_BLOB_LEN {
+            return Err(StoreError::BlobTooLarge {
+                id,
+                len: raw_len.into(),
+            });
+        }
+        if !matches!(stored.first(), Some(&CODEC_RAW | &CODEC_ZSTD)) {
+            return malformed(format!(
+                "blob {id} was not produced by encode_blob (missing or unknown codec tag)"
+            ));
+        }
+        self.push(id, kind, &stored, raw_len)
+    }
+
+    fn push(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> Result<bool, StoreError> {
+        if self.entries.len() >= u32::MAX as usize {
+            return Err(StoreError::PackFull {
+                blobs: self.entries.len() as u64,
+            });
+        }
+        let stored_len = u32::try_from(stored.len()).map_err(|_| StoreError::BlobTooLarge {
+            id,
+            len: stored.len() as u64,
+        })?;
+        self.entries.push(PackEntry {
+            id,
+            kind,
+            offset: self.bytes.len() as u64,
+            stored_len,
+            raw_len,
+        });
+        self.bytes.extend_from_slice(stored);
+        self.ids.insert(id);
+        Ok(true)
+    }
+
+    /// Sum of the stored blobs' lengths. The finished pack is
+    /// `HEADER_LEN + stored_bytes + ENTRY_LEN × len + TRAILER_LEN` bytes.
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes.len() as u64 - HEADER_LEN
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Appends the index and trailer and names the pack by the hash of all its bytes.
+    pub fn finish(self) -> FinishedPack {
+        let Self {
+            mut bytes, entries, ..
+        } = self;
+        let index_start = bytes.len();
+        bytes.reserve(entries.len() * ENTRY_LEN as usize + TRAILER_LEN as usize);
+        for e in &entries {
+            bytes.push(e.kind as u8);
+            bytes.extend_from_slice(e.id.as_bytes());
+            bytes.extend_from_slice(&e.offset.to_le_bytes());
+            bytes.extend_from_slice(&e.stored_len.to_le_bytes());
+            bytes.extend_from_slice(&e.raw_len.to_le_bytes());
+        }
+        let index_hash = blake3::hash(&bytes[index_start..]);
+        // `push` refuses a blob past u32::MAX entries, so the count fits.
+        let count = entries.len() as u32;
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(index_hash.as_bytes());
+        bytes.extend_from_slice(INDEX_MAGIC);
+        bytes.push(PACK_VERSION);
+        FinishedPack {
+            id: PackId::of(&bytes),
+            bytes,
+            entries,
+        }
+    }
+}
+
+fn blob_len(id: BlobId, len: usize) -> Result<u32, StoreError> {
+    match u32::try_from(len) {
+        Ok(n) if u64::from(n) <= MAX_BLOB_LEN => Ok(n),
+        _ => Err(StoreError::BlobTooLarge {
+            id,
+            len: len as u64,
+        }),
+    }
+}
+
+/// A complete pack, ready for [`super::Store::put_pack`].
+pub struct FinishedPack {
+    /// BLAKE3 of `bytes`.
+    pub id: PackId,
+    pub bytes: Vec<u8>,
+    /// The index, in blob order (the order of `add`s).
+    pub entries: Vec<PackEntry>,
+}
+
+impl fmt::Debug for FinishedPack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FinishedPack")
+            .field("id", &self.id)
+            .field("size", &self.bytes.len())
+            .field("blobs", &self.entries.len())
+            .finish()
+    }
+}
+
+/// Checks the 8-byte header at the start of `bytes`.
+pub fn check_header(bytes: &[u8]) -> Result<(), StoreError> {
+    match bytes.get(..HEADER_LEN as usize) {
+        Some(h) if &h[..7] == PACK_MAGIC && h[7] == PACK_VERSION => Ok(()),
+        Some(h) if &h[..7] == PACK_MAGIC => malformed(format!(
+            "pack format version {} is not supported (this build reads version {PACK_VERSION})",
+            h[7]
+        )),
+        _ => malformed("pack header magic is missing"),
+    }
+}
+
+/// Reads the trailer, the last [`TRAILER_LEN`] bytes of `tail` (any suffix of a pack of
+/// `pack_size` bytes), and locates the index.
+pub fn parse_trailer(tail: &[u8], pack_size: u64) -> Result<IndexLocation, StoreError> {
+    let tl = TRAILER_LEN as usize;
+    if tail.len() < tl || (tail.len() as u64) > pack_size {
+        return malformed(format!(
+            "pack of {pack_size} bytes is too short for its {TRAILER_LEN}-byte trailer"
+        ));
+    }
+    let t = &tail[tail.len() - tl..];
+    if &t[36..43] != INDEX_MAGIC {
+        return malformed("pack trailer magic is missing (truncated or not a pack)");
+    }
+    if t[43] != PACK_VERSION {
+        return malformed(format!(
+            "pack index version {} is not supported (this build reads version {PACK_VERSION})",
+            t[43]
+        ));
+    }
+    let count = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+    let needed = HEADER_LEN + u64::from(count) * ENTRY_LEN + TRAILER_LEN;
+    if needed > pack_size {
+        return malformed(format!(
+            "trailer claims {count} index entries, more than a {pack_size}-byte pack can hold"
+        ));
+    }
+    Ok(IndexLocation {
+        offset: pack_size - TRAILER_LEN - u64::from(count) * ENTRY_LEN,
+        count,
+    })
+}
+
+/// Parses and checks the index of a pack of `pack_size` bytes. `tail` is any suffix of the
+/// pack at least [`IndexLocation::tail_len`] long: the index and trailer, or the whole pack.
+/// Checks the index hash and every invariant in the layout table.
+pub fn parse_index(tail: &[u8], pack_size: u64) -> Result<Vec<PackEntry>, StoreError> {
+    let loc = parse_trailer(tail, pack_size)?;
+    let need = loc.tail_len();
+    if (tail.len() as u64) < need {
+        return malformed(format!(
+            "got {} bytes of the pack's end, the index and trailer need {need}",
+            tail.len()
+        ));
+    }
+    let start = tail.len() - need as usize;
+    let index = &tail[start..tail.len() - TRAILER_LEN as usize];
+    let trailer = &tail[tail.len() - TRAILER_LEN as usize..];
+    if blake3::hash(index).as_bytes() != &trailer[4..36] {
+        return malformed("pack index does not match its hash");
+    }
+    let mut entries = Vec::with_capacity(loc.count as usize);
+    let mut seen = HashSet::with_capacity(loc.count as usize);
+    let mut next = HEADER_LEN;
+    for (i, e) in index.chunks_exact(ENTRY_LEN as usize).enumerate() {
+        let field = |r: std::ops::Range<usize>| &e[r];
+        let Some(kind) = BlobKind::from_u8(e[0]) else {
+            return malformed(format!("index entry {i} has unknown kind {}", e[0]));
+        };
+        let id = BlobId::from_slice(field(1..33)).map_err(|err| StoreError::Malformed {
+            reason: err.to_string(),
+        })?;
+        let entry = PackEntry {
+            id,
+            kind,
+            offset: u64::from_le_bytes(le(field(33..41))),
+            stored_len: u32::from_le_bytes(le(field(41..45))),
+            raw_len: u32::from_le_bytes(le(field(45..49))),
+        };
+        if entry.offset != next || entry.stored_len == 0 {
+            return malformed(format!(
+                "index entry {i} ({id}) is at {}+{}, expected to start at {next} with length > 0",
+                entry.offset, entry.stored_len
+            ));
+        }
+        if !seen.insert(id) {
+            return malformed(format!("index lists blob {id} twice"));
+        }
+        next += u64::from(entry.stored_len);
+        entries.push(entry);
+    }
+    if next != loc.offset {
+        return malformed(format!(
+            "blobs end at {next} but the index starts at {}",
+            loc.offset
+        ));
+    }
+    Ok(entries)
+}
+
+/// Copies a fixed-size field; `chunks_exact` and the ranges above guarantee the length.
+fn le<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(b);
+    out
+}
+
+/// The object key of a pack: `packs/<first two hex digits>/<full hex>.pack`. The fan-out
+/// directory keeps local directories small and spreads object-store key prefixes.
+pub fn pack_key(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{hex}.pack", &hex[..2])
+}
+
+/// Inverse of [`pack_key`]; `None` for any key `pack_key` would not produce.
+pub fn parse_pack_key(key: &str) -> Option<PackId> {
+    let rest = key.strip_prefix("packs/")?;
+    let (dir, file) = rest.split_once('/')?;
+    let hex = file.strip_suffix(".pack")?;
+    let id = PackId::from_hex(hex).ok()?;
+    // Round-trip check: rejects uppercase hex and a wrong fan-out directory.
+    (pack_key(&id) == key && dir.len() == 2).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Deterministic bytes that zstd cannot shrink.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn sample_blobs() -> Vec<(BlobKind, Vec<u8>)> {
+        vec![
+            (BlobKind::Chunk, Vec::new()),
+            (BlobKind::Chunk, b"x".to_vec()),
+            (BlobKind::Chunk, noise(70_000, 1)),
+            (BlobKind::Tree, b"tree tree tree tree ".repeat(500)),
+            (BlobKind::Chunk, vec![0u8; 256 * 1024]),
+            (BlobKind::Tree, noise(33, 2)),
+        ]
+    }
+
+    fn build(blobs: &[(BlobKind, Vec<u8>)]) -> FinishedPack {
+        let mut w = PackWriter::new();
+        for (kind, raw) in blobs {
+            assert!(w.add(BlobId::of(raw), *kind, raw).unwrap());
+        }
+        w.finish()
+    }
+
+    #[test]
+    fn round_trip_many_blobs_of_both_kinds() {
+        let blobs = sample_blobs();
+        let mut w = PackWriter::new();
+        assert!(w.is_empty());
+        for (kind, raw) in &blobs {
+            assert!(w.add(BlobId::of(raw), *kind, raw).unwrap());
+            // A second add of the same id is a no-op.
+            assert!(!w.add(BlobId::of(raw), *kind, raw).unwrap());
+        }
+        assert_eq!(w.len(), blobs.len());
+        assert!(w.contains(&BlobId::of(b"x")));
+        assert!(!w.contains(&BlobId::of(b"y")));
+        let stored = w.stored_bytes();
+        let pack = w.finish();
+        assert_eq!(
+            pack.bytes.len() as u64,
+            HEADER_LEN + stored + ENTRY_LEN * blobs.len() as u64 + TRAILER_LEN
+        );
+        assert_eq!(pack.id, PackId::of(&pack.bytes));
+        check_header(&pack.bytes).unwrap();
+        let size = pack.bytes.len() as u64;
+        assert_eq!(parse_index(&pack.bytes, size).unwrap(), pack.entries);
+        for ((kind, raw), e) in blobs.iter().zip(&pack.entries) {
+            assert_eq!(
+                (e.kind, e.id, e.raw_len as usize),
+                (*kind, BlobId::of(raw), raw.len())
+            );
+            let s = &pack.bytes[e.offset as usize..][..e.stored_len as usize];
+            assert_eq!(&decode_blob(s, e.raw_len).unwrap(), raw);
+        }
+        // Incompressible data is stored raw; repetitive data is compressed.
+        assert_eq!(pack.entries[2].stored_len, 70_001);
+        assert!(pack.entries[4].stored_len < 1024);
+    }
+
+    #[test]
+    fn add_stored_gives_the_same_pack_as_add() {
+        let blobs = sample_blobs();
+        let mut w = PackWriter::new();
+        for (kind, raw) in &blobs {
+            let stored = encode_blob(raw);
+            assert!(
+                w.add_stored(BlobId::of(raw), *kind, stored, raw.len() as u32)
+                    .unwrap()
+            );
+        }
+        assert!(
+            w.add_stored(BlobId::of(b"z"), BlobKind::Chunk, vec![], 0)
+                .is_err()
+        );
+        assert!(
+            w.add_stored(BlobId::of(b"z"), BlobKind::Chunk, vec![9, 1], 1)
+                .is_err()
+        );
+        assert_eq!(w.finish().bytes, build(&blobs).bytes);
+    }
+
+    #[test]
+    fn empty_pack_is_valid() {
+        let pack = PackWriter::new().finish();
+        assert_eq!(pack.bytes.len() as u64, HEADER_LEN + TRAILER_LEN);
+        assert!(parse_index(&pack.bytes, 52).unwrap().is_empty());
+    }
+
+    /// Pins format version 1 byte for byte. If this fails, the on-disk format (or the zstd
+    /// encoder's output) changed: bump `PACK_VERSION` and keep a reader for the old one.
+    #[test]
+    fn golden_pack_bytes_and_id() {
+        let tree = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc".to_vec();
+        let pack = build(&[
+            (BlobKind::Chunk, b"cairn".to_vec()),
+            (BlobKind::Tree, tree.clone()),
+        ]);
+        let b = &pack.bytes;
+        // Structure, spelled out independently of the encoder.
+        assert_eq!(&b[..8], b"CAIRNPK\x01");
+        assert_eq!(&b[8..14], b"\x00cairn", "short blob stored raw with tag 0");
+        assert_eq!(b[14], 1, "repetitive blob compressed with tag 1");
+        assert_eq!(&b[b.len() - 8..], b"CAIRNIX\x01");
+        assert_eq!(&b[b.len() - 44..b.len() - 40], &2u32.to_le_bytes());
+        let e = pack.entries[1];
+        assert_eq!((e.offset, e.raw_len), (14, tree.len() as u32));
+        let index = &b[b.len() - 44 - 98..b.len() - 44];
+        assert_eq!(index[0], 0);
+        assert_eq!(&index[1..33], BlobId::of(b"cairn").as_bytes());
+        assert_eq!(
+            &index[33..49],
+            &[8, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0, 0]
+        );
+        assert_eq!(index[49], 1);
+        assert_eq!(
+            &b[b.len() - 40..b.len() - 8],
+            blake3::hash(index).as_bytes()
+        );
+        // The exact bytes and id.
+        assert_eq!(hex::encode(b), GOLDEN_HEX);
+        assert_eq!(pack.id.to_hex(), GOLDEN_ID);
+    }
+
+    const GOLDEN_HEX: &str = concat!(
+        "434149524e504b0100636169726e0128b52ffd20304d00001861626301006aba",
+        "21000a35e41e05f8a79793f4436f3c778283f6215c381a24071eb1ae871aba2c",
+        "797b0800000000000000060000000500000001fcd0f6acbb70d3bb630bda9f23",
+        "3d6453ed2f1af82cc5f3852bbffd16924479e30e000000000000001300000030",
+        "00000002000000b598acd1416594fe3f2dc84ecb02d0d726a0e3b5a995c36773",
+        "56c1e111c56d8e434149524e495801",
+    );
+    const GOLDEN_ID: &str = "fb866e291df8a567b7f8ef5300804fda5f8efe7216770469d7af1884cad72d83";
+
+    /// Reads a pack's index the way `Store` does: trailer first, then the tail it names.
+    fn read_index(bytes: &[u8]) -> Result<Vec<PackEntry>, StoreError> {
+        let size = bytes.len() as u64;
+        let t = bytes.len().saturating_sub(TRAILER_LEN as usize);
+        let loc = parse_trailer(&bytes[t..], size)?;
+        parse_index(&bytes[(size - loc.tail_len()) as usize..], size)
+    }
+
+    #[test]
+    fn every_truncation_and_index_flip_is_rejected() {
+        let pack = build(&sample_blobs()[..4]);
+        let b = &pack.bytes;
+        assert!(read_index(b).is_ok());
+        for n in 0..b.len() {
+            assert!(read_index(&b[..n]).is_err(), "truncated to {n} bytes");
+            // A caller handing parse_index too short a tail of the intact pack.
+            let size = b.len() as u64;
+            let tail = &b[b.len() - n..];
+            if (n as u64) < ENTRY_LEN * 4 + TRAILER_LEN {
+                assert!(parse_index(tail, size).is_err(), "tail of {n} bytes");
+            }
+        }
+        let index_start = b.len() - (ENTRY_LEN * 4 + TRAILER_LEN) as usize;
+        for i in index_start..b.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = b.clone();
+                bad[i] ^= bit;
+                assert!(read_index(&bad).is_err(), "flip {bit:#x} at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn index_that_does_not_tile_the_blobs_is_rejected() {
+        // Rewrite the index with consistent hash but a wrong offset: only the tiling check
+        // can catch it.
+        let pack = build(&sample_blobs()[..3]);
+        let mut b = pack.bytes.clone();
+        let start = b.len() - (ENTRY_LEN * 3 + TRAILER_LEN) as usize;
+        let off = start + ENTRY_LEN as usize + 33;
+        b[off] ^= 1;
+        let h = blake3::hash(&b[start..b.len() - TRAILER_LEN as usize]);
+        let hpos = b.len() - 40;
+        b[hpos..hpos + 32].copy_from_slice(h.as_bytes());
+        let err = read_index(&b).unwrap_err().to_string();
+        assert!(err.contains("expected to start"), "{err}");
+    }
+
+    #[test]
+    fn decode_rejects_malformed_blobs() {
+        let z = encode_blob(&[7u8; 1000]);
+        assert_eq!(z[0], CODEC_ZSTD);
+        assert_eq!(decode_blob(&z, 1000).unwrap(), vec![7u8; 1000]);
+        assert!(decode_blob(&z, 999).is_err(), "output longer than raw_len");
+        assert!(
+            decode_blob(&z, 1001).is_err(),
+            "output shorter than raw_len"
+        );
+        assert!(
+            decode_blob(&z[..z.len() - 1], 1000).is_err(),
+            "truncated frame"
+        );
+        assert!(decode_blob(&[], 0).is_err(), "no tag");
+        assert!(decode_blob(&[2, 1], 1).is_err(), "unknown tag");
+        assert!(decode_blob(&[0, 1, 2], 3).is_err(), "raw length mismatch");
+        assert_eq!(decode_blob(&[0], 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn pack_keys_round_trip_and_reject_others() {
+        let id = PackId::of(b"p");
+        let key = pack_key(&id);
+        assert_eq!(
+            key,
+            format!("packs/{}/{}.pack", &id.to_hex()[..2], id.to_hex())
+        );
+        assert_eq!(parse_pack_key(&key), Some(id));
+        let hex = id.to_hex();
+        for bad in [
+            format!("packs/zz/{hex}.pack"),
+            format!("packs/{hex}.pack"),
+            format!("packs/{}/{}.pack", &hex[..2], hex.to_uppercase()),
+            format!("packs/{}/{hex}.pak", &hex[..2]),
+            format!("packs/{}/{}.pack", &hex[..2], &hex[..63]),
+            format!("other/{}/{hex}.pack", &hex[..2]),
+        ] {
+            assert_eq!(parse_pack_key(&bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..4096),
+                (0usize..20_000, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+            ]
+        ) {
+            let stored = encode_blob(&raw);
+            prop_assert!(stored.len() <= raw.len() + 1);
+            prop_assert_eq!(decode_blob(&stored, raw.len() as u32).unwrap(), raw);
+        }
+
+        #[test]
+        fn decode_never_panics(stored in proptest::collection::vec(any::<u8>(), 0..256), raw_len in 0u32..100_000) {
+            let _ = decode_blob(&stored, raw_len);
+        }
+
+        #[test]
+        fn parse_index_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..300), extra in 0u64..1000) {
+            let _ = parse_index(&tail, tail.len() as u64 + extra);
+        }
+    }
+}
