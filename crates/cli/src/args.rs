@@ -1,0 +1,471 @@
+//! The command line as clap sees it: raw, unvalidated arguments and the help text that teaches
+//! them. `config.rs` turns these into validated engine options before any work starts.
+
+use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const SHORT_TOUR: &str = "\
+A short tour:
+  cairn machine create web --dir /srv/web     # track a directory in place
+  cairn checkpoint create web --name clean    # save its state: web@v1
+  # ... break things in /srv/web ...
+  cairn diff web@clean                        # what changed since then
+  cairn restore web@clean                     # put it back (undoable)
+  cairn fork web@clean web-test --dir /srv/web-test
+
+'cairn --help' says more; 'cairn COMMAND --help' explains each command with examples.";
+
+const TOUR: &str = "\
+A short tour:
+  # Track a directory in place (nothing is copied)
+  cairn machine create web --dir /srv/web
+
+  # Save its state; prints the new checkpoint, e.g. web@v1
+  cairn checkpoint create web --name clean -m \"before the upgrade\"
+
+  # ... break things in /srv/web ...
+
+  # What changed since the checkpoint?
+  cairn diff web@clean
+
+  # Put it back (the broken state is kept as an automatic checkpoint you can return to)
+  cairn restore web@clean
+
+  # Or start an independent copy from any checkpoint
+  cairn fork web@v1 web-test --dir /srv/web-test
+
+References:
+  MACHINE@vN, MACHINE@NAME or MACHINE@latest select a checkpoint; append :/PATH to select a
+  path inside it, e.g. web@v2:/etc/hosts.
+
+Exit status:
+  0 success; 1 the operation failed (or `check` found problems); 2 the command line was wrong
+  (unknown option, bad reference, bad name or duration): nothing was done.
+
+Environment:
+  CAIRN_HOME    where checkpoints are stored (same as --home)
+  CAIRN_AUTHOR  who is acting (same as --author)
+  CAIRN_LOG     diagnostics on stderr, e.g. CAIRN_LOG=debug (default: warnings only)";
+
+/// `cairn`: git-like checkpoints for Linux machines.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Git-like checkpoints for Linux machines: save, diff, restore and fork directories",
+    long_about = "Git-like checkpoints for Linux machines.\n\n\
+        A machine is a directory (a container root filesystem, a project, a folder of VM disk \
+        images) that cairn tracks in place. A checkpoint saves its whole state in moments; any \
+        checkpoint can be restored in place without losing newer ones, or forked into new \
+        machines. Data is deduplicated across every checkpoint and machine.",
+    after_help = SHORT_TOUR,
+    after_long_help = TOUR,
+    propagate_version = true,
+    arg_required_else_help = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Flags accepted by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print exactly one JSON document on stdout (errors too: {"error": "..."})
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    /// Where checkpoints are stored [default: $XDG_DATA_HOME/cairn or ~/.local/share/cairn]
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_HOME",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
+    pub home: Option<PathBuf>,
+
+    /// Who is acting, recorded on checkpoints and in the audit log [default: your login name]
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_AUTHOR",
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
+    pub author: Option<String>,
+
+    /// How long to wait for another command that holds the machine's lock
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value = "30",
+        help_heading = "Global options"
+    )]
+    pub wait: String,
+
+    /// Print only results: no progress, summaries or hints
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create, list, show and remove machines
+    #[command(subcommand)]
+    Machine(MachineCmd),
+
+    /// Create, list, show and delete checkpoints
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
+
+    /// Show what changed between two checkpoints, or between a checkpoint and the live directory
+    #[command(
+        long_about = "Show what changed between two checkpoints, or, with one reference, between \
+            that checkpoint and the machine's live directory.\n\n\
+            Each line is `A PATH` (added), `D PATH` (deleted) or `M PATH (what)` (modified, with \
+            the aspects that changed: content, mode, owner, mtime, xattrs, type, target, rdev, \
+            links). A path after the reference limits the diff to that subtree. Unusual bytes in \
+            paths are shown escaped, so each change is one line.",
+        after_help = "Examples:\n  cairn diff web@clean            # since `clean`, against the live directory\n  cairn diff web@v1 web@v3\n  cairn diff web@v1:/etc web@latest"
+    )]
+    Diff {
+        /// The older side: MACHINE@REF[:/PATH]
+        #[arg(value_name = "REF")]
+        from: OsString,
+        /// The newer side [default: the machine's live directory]
+        #[arg(value_name = "REF")]
+        to: Option<OsString>,
+    },
+
+    /// Restore a machine's directory in place to a checkpoint (or one path of it)
+    #[command(
+        long_about = "Restore a machine's directory in place to a checkpoint, or only the path \
+            given after `:` or with --path.\n\n\
+            Nothing is lost: the live state is first saved as an automatic checkpoint, printed as \
+            `undo with: cairn restore MACHINE@vN`. Only entries that differ are rewritten.",
+        after_help = "Examples:\n  cairn restore web@clean\n  cairn restore web@v2:/etc/nginx\n  cairn restore web@v2 --path /etc/nginx"
+    )]
+    Restore {
+        /// The checkpoint to return to: MACHINE@REF[:/PATH]
+        #[arg(value_name = "REF")]
+        target: OsString,
+        /// Restore only this path inside the machine (same as REF:/PATH)
+        #[arg(long, value_name = "PATH")]
+        path: Option<OsString>,
+    },
+
+    /// Create a new machine from a checkpoint, in a new directory
+    #[command(
+        long_about = "Create a new, independent machine from a checkpoint. The checkpoint is \
+            written into DIR (which must be new or empty) and becomes the new machine's v1.",
+        after_help = "Example:\n  cairn fork web@clean web-test --dir /srv/web-test"
+    )]
+    Fork {
+        /// The checkpoint to start from: MACHINE@REF
+        #[arg(value_name = "REF")]
+        source: OsString,
+        /// The new machine's name
+        #[arg(value_name = "NEW_NAME")]
+        name: String,
+        /// The new machine's directory (new or empty)
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+
+    /// Write one file of a checkpoint to stdout
+    #[command(
+        long_about = "Write the content of one regular file of a checkpoint to stdout, byte for \
+            byte (holes in sparse files come out as zeros).",
+        after_help = "Example:\n  cairn cat web@v2:/etc/hosts | diff - /srv/web/etc/hosts"
+    )]
+    Cat {
+        /// The file: MACHINE@REF:/PATH
+        #[arg(value_name = "REF:/PATH")]
+        source: OsString,
+    },
+
+    /// Export a checkpoint (or a directory of it) as a PAX tar archive
+    #[command(
+        long_about = "Export a checkpoint, or the directory given after `:`, as a PAX tar archive \
+            with full metadata (owners, modes, times, xattrs, hardlinks, devices). Progress goes \
+            to stderr.",
+        after_help = "Examples:\n  cairn export web@v2 -o web-v2.tar\n  cairn export web@v2:/etc -o - | tar -t"
+    )]
+    Export {
+        /// The checkpoint: MACHINE@REF[:/DIR]
+        #[arg(value_name = "REF")]
+        source: OsString,
+        /// Where to write the archive; `-` is stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: OsString,
+    },
+
+    /// Show the space used per machine and checkpoint
+    #[command(
+        long_about = "Show the space used per machine and checkpoint: logical bytes (the size \
+            of the files), stored bytes (compressed, counting shared data in full) and exclusive \
+            bytes (what deleting it and running `cairn gc` would free).",
+        after_help = "Example:\n  cairn du"
+    )]
+    Du,
+
+    /// Free the space of deleted checkpoints
+    #[command(
+        long_about = "Free the space of deleted checkpoints. Unreferenced data is first marked, \
+            and deleted by a later gc once the grace period has passed, so a checkpoint running \
+            at the same time is never harmed. Packs mostly unreferenced are rewritten.",
+        after_help = "Examples:\n  cairn gc\n  cairn gc --grace 0s          # nothing else is running: free it now\n  cairn gc --dry-run"
+    )]
+    Gc {
+        /// How long unreferenced data stays marked before it is deleted, e.g. 0s, 10m, 1h, 2d
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        grace: String,
+        /// Rewrite packs whose live fraction is below this (0 to 1)
+        #[arg(long, value_name = "FRACTION", default_value = "0.5")]
+        repack_below: String,
+        /// Only report what would be done
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Verify the store: every checkpoint's trees and data are present and intact
+    #[command(
+        long_about = "Verify that every checkpoint's trees and data are present and consistent. \
+            With --read-data, every pack is read and every chunk re-hashed as well. Exits 1 when \
+            a problem is found, naming the affected checkpoints and paths.",
+        after_help = "Examples:\n  cairn check\n  cairn check --read-data"
+    )]
+    Check {
+        /// Read and re-hash all data, not just the structure
+        #[arg(long)]
+        read_data: bool,
+    },
+
+    /// List a machine's checkpoints, or with --audit the audit log
+    #[command(
+        long_about = "Without --audit, `cairn log MACHINE` lists the machine's checkpoints (as \
+            `cairn checkpoint list`). With --audit, show the audit log of every operation, of \
+            all machines or of one.",
+        after_help = "Examples:\n  cairn log web\n  cairn log --audit\n  cairn log --audit web --limit 20"
+    )]
+    Log {
+        /// Show the audit log instead of checkpoints
+        #[arg(long)]
+        audit: bool,
+        /// The machine (optional with --audit)
+        #[arg(value_name = "MACHINE")]
+        machine: Option<String>,
+        /// Show only the newest N entries
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    /// Track a directory as a machine, or import a tar archive into a new one
+    #[command(
+        long_about = "Track a directory as a machine. Without --from-tar the directory is \
+            adopted in place: nothing is copied, and no checkpoint exists until you create one. \
+            With --from-tar a plain tar archive is unpacked into DIR (new or empty) and \
+            checkpoint v1 is taken of it.",
+        after_help = "Examples:\n  cairn machine create web --dir /srv/web\n  cairn machine create base --dir /srv/base --from-tar rootfs.tar"
+    )]
+    Create {
+        /// The machine's name: letters, digits, `.`, `_`, `-`
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The machine's directory
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Unpack this plain tar archive into DIR first
+        #[arg(long, value_name = "FILE")]
+        from_tar: Option<PathBuf>,
+    },
+
+    /// List the machines
+    #[command(visible_alias = "ls", after_help = "Example:\n  cairn machine list")]
+    List,
+
+    /// Show one machine
+    #[command(after_help = "Example:\n  cairn machine show web")]
+    Show {
+        /// The machine to show
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Forget a machine and its checkpoints; its directory is left alone
+    #[command(
+        visible_alias = "remove",
+        long_about = "Forget a machine and its checkpoints. Its directory and the files in it \
+            are left alone. The space of its checkpoints is freed by `cairn gc`.",
+        after_help = "Example:\n  cairn machine rm web-test"
+    )]
+    Rm {
+        /// The machine to forget
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCmd {
+    /// Save the machine's current state as a new checkpoint
+    #[command(
+        long_about = "Save the machine's current state as a new checkpoint. Only files whose \
+            size, times or inode changed are read. Prints the new checkpoint (e.g. web@v3) on \
+            stdout and a one-line summary on stderr.",
+        after_help = "Examples:\n  cairn checkpoint create web\n  cairn checkpoint create web --name clean -m \"fresh install\""
+    )]
+    Create {
+        /// The machine to checkpoint
+        #[arg(value_name = "MACHINE")]
+        machine: String,
+        /// A name to refer to it by (MACHINE@NAME)
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// A note describing it
+        #[arg(short = 'm', long = "message", value_name = "NOTE")]
+        note: Option<String>,
+    },
+
+    /// List a machine's checkpoints with their sizes
+    #[command(
+        visible_alias = "ls",
+        long_about = "List a machine's checkpoints, oldest first, with logical, stored and \
+            exclusive size. Checkpoints cairn made itself (the undo point of a restore) are \
+            marked (auto).",
+        after_help = "Example:\n  cairn checkpoint list web"
+    )]
+    List {
+        /// The machine whose checkpoints to list
+        #[arg(value_name = "MACHINE")]
+        machine: String,
+    },
+
+    /// Show one checkpoint
+    #[command(after_help = "Example:\n  cairn checkpoint show web@latest")]
+    Show {
+        /// The checkpoint: MACHINE@vN, MACHINE@NAME or MACHINE@latest
+        #[arg(value_name = "REF")]
+        reference: OsString,
+    },
+
+    /// Delete one checkpoint (its space is freed by `cairn gc`)
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  cairn checkpoint delete web@v2"
+    )]
+    Delete {
+        /// The checkpoint to delete: MACHINE@vN or MACHINE@NAME
+        #[arg(value_name = "REF")]
+        reference: OsString,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_about_and_an_example() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{name} has no about line");
+                if sub.has_subcommands() {
+                    walk(sub, &name);
+                } else {
+                    let after = sub
+                        .get_after_help()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    assert!(after.contains("cairn "), "{name} has no example");
+                }
+            }
+        }
+        walk(&Cli::command(), "cairn");
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "cairn",
+            "checkpoint",
+            "create",
+            "web",
+            "--json",
+            "-q",
+            "--wait",
+            "5",
+        ])
+        .unwrap();
+        assert!(cli.global.json && cli.global.quiet);
+        assert_eq!(cli.global.wait, "5");
+        let cli = Cli::try_parse_from(["cairn", "--json", "du"]).unwrap();
+        assert!(cli.global.json);
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for argv in [
+            &["cairn", "bogus"][..],
+            &["cairn", "machine", "create", "web"],
+            &["cairn", "export", "web@v1"],
+            &["cairn", "du", "--nope"],
+        ] {
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cli = Cli::try_parse_from([
+            "cairn",
+            "checkpoint",
+            "create",
+            "web",
+            "--name",
+            "clean",
+            "-m",
+            "x",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Checkpoint(CheckpointCmd::Create {
+                machine,
+                name,
+                note,
+            }) => {
+                assert_eq!(
+                    (machine.as_str(), name.as_deref(), note.as_deref()),
+                    ("web", Some("clean"), Some("x"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["cairn", "log", "--audit", "web", "--limit", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Log {
+                audit: true,
+                limit: Some(3),
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,87 @@
+//! One function per command: call the engine with validated options, then render its report.
+//!
+//! **Invariant:** no engine logic lives here. A command opens the repository, makes one engine
+//! call (two for `machine rm`, which shows what it forgets), and prints.
+
+mod changes;
+mod checkpoint;
+mod files;
+mod machine;
+mod maintenance;
+
+use crate::config::{Command, Config};
+use crate::output::Printer;
+use cairn_core::Repo;
+
+/// How a command that ran to the end went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    /// The command worked but found a problem it has already reported (`check`): exit 1.
+    Failed,
+}
+
+pub fn run(config: Config) -> anyhow::Result<Status> {
+    let p = Printer {
+        mode: config.output,
+    };
+    let repo = Repo::open(&config.repo)?;
+    match config.command {
+        Command::MachineCreate(opts) => machine::create(&repo, &p, &opts)?,
+        Command::MachineList => machine::list(&repo, &p)?,
+        Command::MachineShow(name) => machine::show(&repo, &p, &name)?,
+        Command::MachineRemove(name) => machine::remove(&repo, &p, &name)?,
+        Command::CheckpointCreate { machine, opts } => {
+            checkpoint::create(&repo, &p, &machine, &opts)?
+        }
+        Command::CheckpointList { machine, limit } => checkpoint::list(&repo, &p, &machine, limit)?,
+        Command::CheckpointShow(r) => checkpoint::show(&repo, &p, &r)?,
+        Command::CheckpointDelete(r) => checkpoint::delete(&repo, &p, &r)?,
+        Command::Diff { from, to } => changes::diff(&repo, &p, &from, to.as_ref())?,
+        Command::Restore { target, opts } => changes::restore(&repo, &p, &target, &opts)?,
+        Command::Fork { source, opts } => changes::fork(&repo, &p, &source, &opts)?,
+        Command::Cat(r) => files::cat(&repo, &r)?,
+        Command::Export { source, output } => files::export(&repo, &p, &source, &output)?,
+        Command::Du => maintenance::du(&repo, &p)?,
+        Command::Gc(opts) => maintenance::gc(&repo, &p, &opts)?,
+        Command::Check(opts) => return maintenance::check(&repo, &p, &opts),
+        Command::AuditLog { machine, limit } => {
+            maintenance::audit_log(&repo, &p, machine.as_deref(), limit)?
+        }
+    }
+    Ok(Status::Success)
+}
+
+/// A path inside a machine for messages: `/etc/nginx`. Bytes that are not UTF-8 are replaced.
+fn inner_path(components: &[Vec<u8>]) -> String {
+    if components.is_empty() {
+        return "/".to_owned();
+    }
+    components
+        .iter()
+        .map(|c| format!("/{}", String::from_utf8_lossy(c)))
+        .collect()
+}
+
+/// The name of a unit-like enum as it appears in JSON (`"directory"`), for tables.
+fn json_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_paths_show_like_absolute_paths() {
+        assert_eq!(inner_path(&[]), "/");
+        assert_eq!(
+            inner_path(&[b"etc".to_vec(), b"ng\xffinx".to_vec()]),
+            "/etc/ng\u{fffd}inx"
+        );
+    }
+}

@@ -1,0 +1,658 @@
+//! Turns the raw command line into validated engine options. Everything that can be wrong with
+//! the arguments is found here, before the repository is opened, and reported as a
+//! [`UsageError`] (exit status 2, nothing done).
+
+use crate::args::{CheckpointCmd, Cli, Cmd, GlobalArgs, MachineCmd};
+use cairn_core::{
+    CheckOptions, CheckpointOptions, CreateMachineOptions, ForkOptions, GcOptions, Ref,
+    RepoOptions, RestoreOptions, validate_checkpoint_name, validate_machine_name,
+};
+use std::ffi::{CStr, OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The command line was wrong; nothing was done.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+type Result<T, E = UsageError> = std::result::Result<T, E>;
+
+fn usage<T>(msg: impl Into<String>) -> Result<T> {
+    Err(UsageError(msg.into()))
+}
+
+/// How results are shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputMode {
+    /// One JSON document on stdout, nothing else there.
+    pub json: bool,
+    /// No progress, summaries or hints.
+    pub quiet: bool,
+}
+
+/// A validated command line.
+#[derive(Debug)]
+pub struct Config {
+    pub output: OutputMode,
+    pub repo: RepoOptions,
+    pub command: Command,
+}
+
+/// Where `export` writes its archive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExportTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One validated command, holding the engine options it runs with.
+#[derive(Debug)]
+pub enum Command {
+    MachineCreate(CreateMachineOptions),
+    MachineList,
+    MachineShow(String),
+    MachineRemove(String),
+    CheckpointCreate {
+        machine: String,
+        opts: CheckpointOptions,
+    },
+    /// `checkpoint list` and `log MACHINE`; `limit` keeps the newest N.
+    CheckpointList {
+        machine: String,
+        limit: Option<u64>,
+    },
+    CheckpointShow(Ref),
+    CheckpointDelete(Ref),
+    Diff {
+        from: Ref,
+        to: Option<Ref>,
+    },
+    Restore {
+        target: Ref,
+        opts: RestoreOptions,
+    },
+    Fork {
+        source: Ref,
+        opts: ForkOptions,
+    },
+    Cat(Ref),
+    Export {
+        source: Ref,
+        output: ExportTarget,
+    },
+    Du,
+    Gc(GcOptions),
+    Check(CheckOptions),
+    AuditLog {
+        machine: Option<String>,
+        limit: Option<u64>,
+    },
+}
+
+/// Reads the process environment; tests pass their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<OsString>;
+    fn uid(&self) -> u32;
+    /// The login name of `uid` from the user database.
+    fn passwd_name(&self, uid: u32) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+
+    fn uid(&self) -> u32 {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        unsafe { libc::getuid() }
+    }
+
+    fn passwd_name(&self, uid: u32) -> Option<String> {
+        passwd_name(uid)
+    }
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli, env: &dyn Env) -> Result<Config> {
+        let output = OutputMode {
+            json: cli.global.json,
+            quiet: cli.global.quiet,
+        };
+        let command = command(cli.command, output)?;
+        let repo = repo_options(&cli.global, env)?;
+        Ok(Config {
+            output,
+            repo,
+            command,
+        })
+    }
+}
+
+fn repo_options(g: &GlobalArgs, env: &dyn Env) -> Result<RepoOptions> {
+    let home = match &g.home {
+        Some(h) if h.as_os_str().is_empty() => {
+            return usage(
+                "--home (or CAIRN_HOME) is empty; give the directory that holds cairn's data",
+            );
+        }
+        Some(h) => h.clone(),
+        None => default_home(env)?,
+    };
+    Ok(RepoOptions {
+        home,
+        author: resolve_author(g.author.as_deref(), env)?,
+        lock_wait: parse_wait(&g.wait)?,
+    })
+}
+
+/// `$XDG_DATA_HOME/cairn`, else `~/.local/share/cairn`.
+pub fn default_home(env: &dyn Env) -> Result<PathBuf> {
+    if let Some(xdg) = env.var("XDG_DATA_HOME")
+        && Path::new(&xdg).is_absolute()
+    {
+        return Ok(PathBuf::from(xdg).join("cairn"));
+    }
+    match env.var("HOME") {
+        Some(h) if Path::new(&h).is_absolute() => Ok(PathBuf::from(h).join(".local/share/cairn")),
+        _ => usage(
+            "cannot tell where to keep cairn's data: neither XDG_DATA_HOME nor HOME is set to an \
+             absolute path; pass --home DIR or set CAIRN_HOME",
+        ),
+    }
+}
+
+/// `--author`/`CAIRN_AUTHOR`, else `$USER`, `$LOGNAME`, the user database's name for the uid,
+/// and finally `uid N`.
+pub fn resolve_author(explicit: Option<&str>, env: &dyn Env) -> Result<String> {
+    if let Some(a) = explicit {
+        let a = a.trim();
+        if a.is_empty() {
+            return usage(
+                "--author (or CAIRN_AUTHOR) is empty; give a name, or leave it unset to use your login name",
+            );
+        }
+        if a.chars().any(char::is_control) {
+            return usage(format!(
+                "--author {a:?} contains control characters; give a plain name"
+            ));
+        }
+        return Ok(a.to_owned());
+    }
+    let from_env = ["USER", "LOGNAME"].into_iter().find_map(|v| {
+        env.var(v)
+            .and_then(|s| s.into_string().ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
+    });
+    let uid = env.uid();
+    Ok(from_env
+        .or_else(|| env.passwd_name(uid))
+        .unwrap_or_else(|| format!("uid {uid}")))
+}
+
+/// The user database's login name for `uid`, if it has one.
+fn passwd_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: `passwd` is plain old data; all-zero is a valid (empty) value.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, and `buf.len()` is the buffer's real size.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        return name
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+    }
+}
+
+/// `--wait`: plain seconds (`30`, `0.5`) or a duration (`2m`).
+pub fn parse_wait(text: &str) -> Result<Duration> {
+    let bad = || {
+        usage(format!(
+            "--wait {text:?} is not a number of seconds; give e.g. --wait 30 or --wait 2m"
+        ))
+    };
+    if let Ok(secs) = text.trim().parse::<f64>() {
+        return match Duration::try_from_secs_f64(secs) {
+            Ok(d) => Ok(d),
+            Err(_) => bad(),
+        };
+    }
+    parse_duration(text).or_else(|_| bad())
+}
+
+/// Durations like `0s`, `90s`, `10m`, `1h30m`, `2d`. A bare `0` is accepted; any other number
+/// needs a unit, so that `--grace 10` cannot be misread.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = |why: &str| {
+        usage(format!(
+            "{text:?} is not a duration ({why}); write a number with a unit s, m, h or d, e.g. 0s, 10m, 1h30m"
+        ))
+    };
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() {
+        return bad("it is empty");
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return bad(&format!("unknown unit {c:?}")),
+        };
+        let Ok(n) = digits.parse::<u64>() else {
+            return bad("a unit needs a number before it");
+        };
+        digits.clear();
+        total = match n.checked_mul(unit).and_then(|x| total.checked_add(x)) {
+            Some(x) => x,
+            None => return bad("it is too long"),
+        };
+    }
+    if !digits.is_empty() {
+        return bad("the last number has no unit");
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn parse_fraction(text: &str) -> Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => usage(format!(
+            "--repack-below {text:?} is not a fraction between 0 and 1; e.g. --repack-below 0.5"
+        )),
+    }
+}
+
+/// Parses a reference from the raw argument bytes, so paths that are not UTF-8 work.
+pub fn parse_ref(arg: &OsStr) -> Result<Ref> {
+    Ref::parse(arg.as_encoded_bytes()).map_err(|e| {
+        UsageError(format!(
+            "{e} (e.g. web@v2, web@clean or web@latest:/etc/hosts)"
+        ))
+    })
+}
+
+fn machine_name(name: String) -> Result<String> {
+    validate_machine_name(&name).map_err(|e| UsageError(e.to_string()))?;
+    Ok(name)
+}
+
+/// A reference for commands that act on a whole checkpoint, where `:/PATH` would be ignored.
+fn whole_checkpoint(arg: &OsStr, command: &str) -> Result<Ref> {
+    let r = parse_ref(arg)?;
+    if r.path.is_some() {
+        return usage(format!(
+            "`cairn {command}` acts on a whole checkpoint; drop the :/PATH from {:?}",
+            arg.to_string_lossy()
+        ));
+    }
+    Ok(r)
+}
+
+fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
+    Ok(match cmd {
+        Cmd::Machine(MachineCmd::Create {
+            name,
+            dir,
+            from_tar,
+        }) => Command::MachineCreate(CreateMachineOptions {
+            name: machine_name(name)?,
+            dir,
+            from_tar,
+        }),
+        Cmd::Machine(MachineCmd::List) => Command::MachineList,
+        Cmd::Machine(MachineCmd::Show { name }) => Command::MachineShow(machine_name(name)?),
+        Cmd::Machine(MachineCmd::Rm { name }) => Command::MachineRemove(machine_name(name)?),
+        Cmd::Checkpoint(CheckpointCmd::Create {
+            machine,
+            name,
+            note,
+        }) => {
+            if let Some(n) = &name {
+                validate_checkpoint_name(n).map_err(|e| UsageError(e.to_string()))?;
+            }
+            Command::CheckpointCreate {
+                machine: machine_name(machine)?,
+                opts: CheckpointOptions {
+                    name,
+                    note: note.unwrap_or_default(),
+                    auto: false,
+                },
+            }
+        }
+        Cmd::Checkpoint(CheckpointCmd::List { machine }) => Command::CheckpointList {
+            machine: machine_name(machine)?,
+            limit: None,
+        },
+        Cmd::Checkpoint(CheckpointCmd::Show { reference }) => {
+            Command::CheckpointShow(whole_checkpoint(&reference, "checkpoint show")?)
+        }
+        Cmd::Checkpoint(CheckpointCmd::Delete { reference }) => {
+            Command::CheckpointDelete(whole_checkpoint(&reference, "checkpoint delete")?)
+        }
+        Cmd::Diff { from, to } => Command::Diff {
+            from: parse_ref(&from)?,
+            to: to.as_deref().map(parse_ref).transpose()?,
+        },
+        Cmd::Restore { target, path } => {
+            let mut r = parse_ref(&target)?;
+            if let Some(p) = path {
+                if !p.as_encoded_bytes().starts_with(b"/") {
+                    return usage(format!(
+                        "--path {:?} must be an absolute path inside the machine, e.g. --path /etc/nginx",
+                        p.to_string_lossy()
+                    ));
+                }
+                if r.path.is_some() {
+                    return usage(
+                        "the path is given twice (after `:` and with --path); give it once",
+                    );
+                }
+                // The engine's reference parser owns the rules for paths inside a machine
+                // (absolute, no `..`), so --path goes through it too.
+                let mut joined = target.as_encoded_bytes().to_vec();
+                joined.push(b':');
+                joined.extend_from_slice(p.as_encoded_bytes());
+                r.path = Ref::parse(&joined)
+                    .map_err(|e| UsageError(format!("--path {:?}: {e}", p.to_string_lossy())))?
+                    .path;
+            }
+            let opts = RestoreOptions {
+                path: r.path.clone(),
+            };
+            Command::Restore { target: r, opts }
+        }
+        Cmd::Fork { source, name, dir } => Command::Fork {
+            source: whole_checkpoint(&source, "fork")?,
+            opts: ForkOptions {
+                name: machine_name(name)?,
+                dir,
+            },
+        },
+        Cmd::Cat { source } => {
+            if output.json {
+                return usage(
+                    "`cairn cat` writes the file's raw bytes to stdout; --json does not apply to it",
+                );
+            }
+            let r = parse_ref(&source)?;
+            match &r.path {
+                Some(p) if !p.is_empty() => Command::Cat(r),
+                _ => {
+                    return usage(format!(
+                        "`cairn cat` needs a file: add its path, e.g. {}:/etc/hosts",
+                        Ref { path: None, ..r }
+                    ));
+                }
+            }
+        }
+        Cmd::Export {
+            source,
+            output: out,
+        } => {
+            let target = if out == "-" {
+                if output.json {
+                    return usage(
+                        "`--json` and `-o -` both want stdout; write the archive to a file with -o FILE",
+                    );
+                }
+                ExportTarget::Stdout
+            } else if out.is_empty() {
+                return usage("-o needs a file name, or `-` for stdout");
+            } else {
+                ExportTarget::File(PathBuf::from(out))
+            };
+            Command::Export {
+                source: parse_ref(&source)?,
+                output: target,
+            }
+        }
+        Cmd::Du => Command::Du,
+        Cmd::Gc {
+            grace,
+            repack_below,
+            dry_run,
+        } => Command::Gc(GcOptions {
+            grace: parse_duration(&grace).map_err(|e| UsageError(format!("--grace: {e}")))?,
+            repack_below: parse_fraction(&repack_below)?,
+            dry_run,
+        }),
+        Cmd::Check { read_data } => Command::Check(CheckOptions { read_data }),
+        Cmd::Log {
+            audit: true,
+            machine,
+            limit,
+        } => Command::AuditLog {
+            machine: machine.map(machine_name).transpose()?,
+            limit,
+        },
+        Cmd::Log {
+            audit: false,
+            machine: Some(machine),
+            limit,
+        } => Command::CheckpointList {
+            machine: machine_name(machine)?,
+            limit,
+        },
+        Cmd::Log {
+            audit: false,
+            machine: None,
+            ..
+        } => {
+            return usage(
+                "`cairn log` needs a MACHINE (to list its checkpoints) or --audit (for the audit log)",
+            );
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct FakeEnv {
+        vars: HashMap<&'static str, &'static str>,
+        passwd: Option<&'static str>,
+    }
+
+    impl Env for FakeEnv {
+        fn var(&self, name: &str) -> Option<OsString> {
+            self.vars.get(name).map(OsString::from)
+        }
+        fn uid(&self) -> u32 {
+            1234
+        }
+        fn passwd_name(&self, uid: u32) -> Option<String> {
+            assert_eq!(uid, 1234);
+            self.passwd.map(str::to_owned)
+        }
+    }
+
+    fn env(vars: &[(&'static str, &'static str)]) -> FakeEnv {
+        FakeEnv {
+            vars: vars.iter().copied().collect(),
+            passwd: None,
+        }
+    }
+
+    fn config(argv: &[&str]) -> Result<Config> {
+        let mut full = vec!["cairn"];
+        full.extend_from_slice(argv);
+        let cli = Cli::try_parse_from(full).expect("clap accepts it");
+        Config::from_cli(cli, &env(&[("HOME", "/home/ann"), ("USER", "ann")]))
+    }
+
+    #[test]
+    fn author_falls_back_in_order() {
+        let e = env(&[("USER", "ann"), ("LOGNAME", "bob")]);
+        assert_eq!(resolve_author(Some(" carl "), &e).unwrap(), "carl");
+        assert_eq!(resolve_author(None, &e).unwrap(), "ann");
+        assert_eq!(
+            resolve_author(None, &env(&[("USER", ""), ("LOGNAME", "bob")])).unwrap(),
+            "bob"
+        );
+        let mut e = env(&[]);
+        e.passwd = Some("dora");
+        assert_eq!(resolve_author(None, &e).unwrap(), "dora");
+        assert_eq!(resolve_author(None, &env(&[])).unwrap(), "uid 1234");
+        assert!(resolve_author(Some(""), &env(&[])).is_err());
+        assert!(resolve_author(Some("a\nb"), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn passwd_lookup_of_root_works() {
+        assert_eq!(passwd_name(0).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn home_defaults() {
+        let h = default_home(&env(&[("XDG_DATA_HOME", "/x/data"), ("HOME", "/home/ann")])).unwrap();
+        assert_eq!(h, PathBuf::from("/x/data/cairn"));
+        let h = default_home(&env(&[("XDG_DATA_HOME", "rel"), ("HOME", "/home/ann")])).unwrap();
+        assert_eq!(h, PathBuf::from("/home/ann/.local/share/cairn"));
+        assert!(default_home(&env(&[])).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        for bad in ["", "10", "m", "1x", "1.5h", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_wait("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_wait("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_wait("-1").is_err());
+        assert!(parse_wait("soon").is_err());
+    }
+
+    #[test]
+    fn global_options_become_repo_options() {
+        let c = config(&["du", "--wait", "5", "--author", "eve", "--home", "/h"]).unwrap();
+        assert_eq!(c.repo.home, PathBuf::from("/h"));
+        assert_eq!(c.repo.author, "eve");
+        assert_eq!(c.repo.lock_wait, Duration::from_secs(5));
+        let c = config(&["du"]).unwrap();
+        assert_eq!(c.repo.home, PathBuf::from("/home/ann/.local/share/cairn"));
+        assert_eq!(c.repo.author, "ann");
+        assert_eq!(c.repo.lock_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn refs_and_names_are_validated_before_work() {
+        for argv in [
+            &["diff", "web"][..],
+            &["checkpoint", "show", "web@v1:/etc"],
+            &["checkpoint", "create", "we b"],
+            &["checkpoint", "create", "web", "--name", "v3"],
+            &["machine", "show", "a/b"],
+            &["fork", "web@v1", "bad name", "--dir", "/x"],
+            &["cat", "web@v1"],
+            &["cat", "web@v1:/"],
+            &["cat", "web@v1:/etc", "--json"],
+            &["export", "web@v1", "-o", "-", "--json"],
+            &["restore", "web@v1:/etc", "--path", "/usr"],
+            &["restore", "web@v1", "--path", "/../etc"],
+            &["restore", "web@v1", "--path", "etc"],
+            &["gc", "--grace", "10"],
+            &["gc", "--repack-below", "2"],
+            &["log"],
+        ] {
+            assert!(config(argv).is_err(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn restore_path_joins_the_reference() {
+        let c = config(&["restore", "web@clean", "--path", "/etc//nginx"]).unwrap();
+        let Command::Restore { target, opts } = c.command else {
+            panic!("not a restore")
+        };
+        let want = Some(vec![b"etc".to_vec(), b"nginx".to_vec()]);
+        assert_eq!(target.to_string(), "web@clean:/etc/nginx");
+        assert_eq!(opts.path, want);
+    }
+
+    #[test]
+    fn refs_may_hold_paths_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let r = parse_ref(OsStr::from_bytes(b"web@v1:/tmp/\xff\xfe")).unwrap();
+        assert_eq!(r.path, Some(vec![b"tmp".to_vec(), b"\xff\xfe".to_vec()]));
+    }
+
+    #[test]
+    fn log_is_checkpoint_list_or_audit() {
+        let c = config(&["log", "web", "--limit", "2"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::CheckpointList { limit: Some(2), .. }
+        ));
+        let c = config(&["log", "--audit"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::AuditLog {
+                machine: None,
+                limit: None
+            }
+        ));
+    }
+
+    #[test]
+    fn gc_options() {
+        let c = config(&["gc", "--grace", "0s", "--dry-run"]).unwrap();
+        let Command::Gc(g) = c.command else {
+            panic!("not gc")
+        };
+        assert_eq!(g.grace, Duration::ZERO);
+        assert!(g.dry_run);
+        assert_eq!(g.repack_below, 0.5);
+    }
+}
