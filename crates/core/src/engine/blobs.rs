@@ -133,7 +133,7 @@ impl<'a> BlobWriter<'a> {
                 BlobKind::Chunk => &mut st.data,
                 BlobKind::Tree => &mut st.trees,
             };
-            pack.add_stored(id, kind, stored, raw_len);
+            pack.add_stored(id, kind, stored, raw_len)?;
             (pack.stored_bytes() >= PACK_TARGET).then(|| std::mem::replace(pack, PackWriter::new()))
         };
         if let Some(pack) = full {

@@ -106,7 +106,6 @@ impl Repo {
             progress,
             cache: &cache,
             trust_cache: cache.epoch == epoch,
-            start_ns: now_ns(),
             workers: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(8),

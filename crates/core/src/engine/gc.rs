@@ -258,7 +258,7 @@ impl Repo {
                 } else {
                     BlobKind::Chunk
                 };
-                writer.add(loc.id, kind, &raw);
+                writer.add(loc.id, kind, &raw)?;
                 moved.push(*loc);
             }
             done.push(pack.id);

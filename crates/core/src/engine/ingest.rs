@@ -33,8 +33,6 @@ pub(crate) struct IngestOptions<'a> {
     /// Cached extents may be used without checking that their chunks are still live (the gc
     /// epoch has not moved since the cache was written).
     pub trust_cache: bool,
-    /// When the ingest started; files changed after `start - RACY_WINDOW` are not cached.
-    pub start_ns: i64,
     pub workers: usize,
 }
 
@@ -122,7 +120,7 @@ pub(crate) fn ingest(
                     if lock(&failure).is_some() {
                         continue; // keep draining so the walker is never blocked
                     }
-                    match read_file(&job, writer, opts) {
+                    match read_file(&job, writer) {
                         Ok(r) => {
                             opts.progress.advance(r.read);
                             lock(&results).insert(job.id, r);
@@ -387,7 +385,8 @@ impl Walk<'_> {
 }
 
 /// Reads one file's data regions, chunking and storing them. Holes become hole extents.
-fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Result<JobResult> {
+fn read_file(job: &Job, writer: &BlobWriter<'_>) -> Result<JobResult> {
+    let read_start = super::now_ns();
     let mut file = job.dir.open_file(&job.name)?;
     let io = |op, source| EngineError::Io {
         op,
@@ -400,7 +399,7 @@ fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Re
     let mut pos = 0u64;
     let mut read = 0u64;
     let mut shrank = false;
-    let mut push_hole = |extents: &mut Vec<Extent>, len: u64| {
+    let push_hole = |extents: &mut Vec<Extent>, len: u64| {
         if len == 0 {
             return;
         }
@@ -410,7 +409,7 @@ fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Re
             extents.push(Extent::Hole { len });
         }
     };
-    let mut store = |extents: &mut Vec<Extent>, chunk: &[u8]| -> Result<()> {
+    let store = |extents: &mut Vec<Extent>, chunk: &[u8]| -> Result<()> {
         let id = ChunkId::of(chunk);
         writer.put_chunk(id, chunk)?;
         extents.push(Extent::Data {
@@ -461,7 +460,7 @@ fn read_file(job: &Job, writer: &BlobWriter<'_>, opts: &IngestOptions<'_>) -> Re
     let ctime_ns =
         job.sig.ctime.secs.saturating_mul(1_000_000_000) + i64::from(job.sig.ctime.nanos);
     let cache = (unchanged
-        && ctime_ns < opts.start_ns - RACY_WINDOW_NS
+        && ctime_ns < read_start - RACY_WINDOW_NS
         && extents.iter().map(Extent::len).sum::<u64>() == size)
         .then(|| {
             (

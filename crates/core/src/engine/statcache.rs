@@ -3,8 +3,9 @@
 //!
 //! An entry is trusted only if inode, size, mtime, ctime and mode all match; ctime changes on
 //! every write, chmod, chown and xattr change, so a match means the content and metadata are as
-//! recorded. Entries whose ctime was within `RACY_WINDOW` of the ingest start are never stored:
-//! the file could still change within the same timestamp tick without its stat changing.
+//! recorded. An entry is stored only if the file's ctime is older than the moment its read began
+//! by more than `RACY_WINDOW_NS`: otherwise a write landing in the same timestamp tick as the
+//! read could leave the stat unchanged while the content changed.
 //!
 //! The file is a cache: if it is missing, stale or corrupt, the next checkpoint reads everything.
 //!
@@ -26,8 +27,9 @@ use std::path::Path;
 
 const MAGIC: &[u8; 7] = b"CAIRNSC";
 const VERSION: u8 = 1;
-/// Files changed this close to the start of an ingest are re-read next time.
-pub(crate) const RACY_WINDOW_NS: i64 = 2_000_000_000;
+/// Files changed this close before their read began are re-read next time. Kernel file
+/// timestamps come from a coarse clock (one tick, at most 10 ms); this is several ticks.
+pub(crate) const RACY_WINDOW_NS: i64 = 50_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StatSig {
@@ -71,9 +73,20 @@ impl StatCache {
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        let mut paths: Vec<&Vec<u8>> = self.entries.keys().collect();
+        // Entries changed within the racy window before now (e.g. files a restore just wrote)
+        // are left out: a write in the same timestamp tick could go unnoticed.
+        let cutoff = super::now_ns() - RACY_WINDOW_NS;
+        let mut paths: Vec<&Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.sig.ctime.secs.saturating_mul(1_000_000_000) + i64::from(e.sig.ctime.nanos)
+                    < cutoff
+            })
+            .map(|(p, _)| p)
+            .collect();
         paths.sort();
+        out.extend_from_slice(&(paths.len() as u64).to_le_bytes());
         for p in paths {
             let e = &self.entries[p];
             out.extend_from_slice(&(p.len() as u32).to_le_bytes());
