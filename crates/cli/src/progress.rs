@@ -48,6 +48,7 @@ impl BarProgress {
 
 impl Progress for BarProgress {
     fn phase(&self, name: &str, total: Option<u64>) {
+        self.bar.set_message(name.to_owned());
         match total {
             Some(total) => {
                 self.bar.disable_steady_tick();
@@ -61,7 +62,6 @@ impl Progress for BarProgress {
             }
         }
         self.bar.reset();
-        self.bar.set_message(name.to_owned());
     }
 
     fn advance(&self, n: u64) {
