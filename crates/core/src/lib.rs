@@ -3,9 +3,6 @@
 //!
 //! Modules are private; this file re-exports the deliberate public API.
 
-// Bring-up only: layers land before the engine that uses them. Removed at integration.
-#![allow(dead_code, unused_imports)]
-
 mod catalog;
 mod chunker;
 mod engine;

@@ -163,6 +163,7 @@ impl Catalog {
             .ctx("list packs")
     }
 
+    #[cfg(test)]
     pub fn pack(&self, id: &PackId) -> Result<Option<PackRow>, CatalogError> {
         self.conn
             .prepare_cached(&format!("{PACK_COLS} WHERE id = ?1"))
@@ -171,6 +172,7 @@ impl Catalog {
     }
 
     /// The blobs the index places in pack `id`, by offset.
+    #[cfg(test)]
     pub fn blobs_in_pack(&self, id: &PackId) -> Result<Vec<BlobLoc>, CatalogError> {
         self.conn
             .prepare_cached(&format!("{BLOB_COLS} WHERE pack = ?1 ORDER BY offset"))

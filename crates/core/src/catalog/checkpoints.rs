@@ -239,6 +239,7 @@ impl Catalog {
     }
 
     /// Names or (with `None`) unnames a checkpoint. Names are unique per machine.
+    #[cfg(test)]
     pub fn set_checkpoint_name(
         &self,
         id: CheckpointKey,
@@ -268,6 +269,7 @@ impl Catalog {
     }
 
     /// Pins or unpins a checkpoint; expiry and gc policy leave pinned checkpoints alone.
+    #[cfg(test)]
     pub fn set_pinned(&self, id: CheckpointKey, pinned: bool) -> Result<(), CatalogError> {
         let n = self
             .conn
@@ -283,6 +285,7 @@ impl Catalog {
     }
 
     /// Sets (or with `None` clears) when a checkpoint expires, in Unix nanoseconds.
+    #[cfg(test)]
     pub fn set_expiry(
         &self,
         id: CheckpointKey,

@@ -1,7 +1,7 @@
 //! Machines: insert, look up, list, delete, and the head / pending / next-version fields.
 
 use super::{
-    Catalog, CatalogError, CheckpointKey, Ctx, MachineKey, MachineKind, MachineRow, to_i64, u64_col,
+    Catalog, CatalogError, CheckpointKey, Ctx, MachineKey, MachineKind, MachineRow, u64_col,
 };
 use rusqlite::{OptionalExtension, Row, params};
 use std::collections::HashMap;
@@ -207,8 +207,9 @@ impl Catalog {
 
     /// Raises the machine's `next_version` to at least `at_least` (never lowers it). For a
     /// rebuild, where the store remembers versions handed out to checkpoints since deleted.
+    #[cfg(test)]
     pub fn raise_next_version(&self, id: MachineKey, at_least: u64) -> Result<(), CatalogError> {
-        let v = to_i64(at_least, "next version")?;
+        let v = super::to_i64(at_least, "next version")?;
         let n = self
             .conn
             .execute(

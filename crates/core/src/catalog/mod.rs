@@ -152,8 +152,10 @@ pub struct BlobLoc {
 }
 
 /// `BlobLoc::kind` of a file-data chunk.
+#[cfg(test)]
 pub const BLOB_CHUNK: u8 = 0;
 /// `BlobLoc::kind` of a tree object.
+#[cfg(test)]
 pub const BLOB_TREE: u8 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -382,11 +384,6 @@ impl Catalog {
             conn,
             path: path.to_owned(),
         })
-    }
-
-    /// The file this catalog was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Checks the file's structure, its foreign keys and the catalog's own invariants.

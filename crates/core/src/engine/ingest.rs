@@ -50,7 +50,6 @@ enum Slot {
     /// A regular file whose extents come from job `job`.
     File {
         meta: Meta,
-        size: u64,
         job: usize,
         link: Option<(u64, u64)>,
     },
@@ -366,7 +365,6 @@ impl Walk<'_> {
             .map_err(|_| EngineError::Invalid("every ingest worker stopped".to_owned()))?;
         Ok(Slot::File {
             meta,
-            size: st.size,
             job: id,
             link,
         })

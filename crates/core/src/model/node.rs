@@ -111,15 +111,6 @@ impl Node {
             Content::Fifo => NodeKind::Fifo,
         }
     }
-
-    /// Logical size in bytes: the file size for files, the target length for symlinks, else 0.
-    pub fn logical_size(&self) -> u64 {
-        match &self.content {
-            Content::File { size, .. } => *size,
-            Content::Symlink { target } => target.len() as u64,
-            _ => 0,
-        }
-    }
 }
 
 /// A named node inside a tree.
@@ -142,12 +133,6 @@ impl Tree {
             .binary_search_by(|e| e.name.as_slice().cmp(name))
             .ok()
             .map(|i| &self.entries[i])
-    }
-
-    /// Sorts entries into canonical order. Callers that build trees in any order call this
-    /// before encoding; `encode_tree` rejects unsorted input rather than silently reordering.
-    pub fn sort(&mut self) {
-        self.entries.sort_by(|a, b| a.name.cmp(&b.name));
     }
 }
 

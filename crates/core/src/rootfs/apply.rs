@@ -176,6 +176,7 @@ impl Dir {
     }
 
     /// Renames `from` to `to` inside this directory (replacing a non-directory at `to`).
+    #[cfg(test)]
     pub fn rename_within(&self, from: &[u8], to: &[u8]) -> Result<(), RootfsError> {
         self.check_name(from)?;
         self.check_name(to)?;

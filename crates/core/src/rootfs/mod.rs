@@ -25,9 +25,9 @@ mod tests;
 mod testutil;
 
 pub use apply::{ApplyOptions, set_meta_fd};
-pub use fs::{Dir, FileKind, ScanEntry, Stat, data_regions, meta_from_stat};
+pub use fs::{Dir, FileKind, ScanEntry, data_regions, meta_from_stat};
 pub use tar_export::{TreeSource, export_tar};
-pub use tar_import::{ImportReport, import_tar};
+pub use tar_import::import_tar;
 
 /// Errors from reading or writing a machine directory, or from tar import/export.
 /// Each message says what was wrong and, where there is something to do, what to do.

@@ -65,6 +65,7 @@ impl LocalBackend {
     }
 
     /// The directory this backend stores objects in.
+    #[cfg(test)]
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -15,11 +15,11 @@ mod backend;
 mod local;
 mod pack;
 
-pub use backend::{Backend, BackendError, ObjectInfo, validate_key};
+pub use backend::{Backend, BackendError, ObjectInfo};
 pub use local::LocalBackend;
 pub use pack::{
-    BlobKind, FinishedPack, IndexLocation, MAX_BLOB_LEN, PackEntry, PackWriter, ZSTD_LEVEL,
-    decode_blob, encode_blob, pack_key, parse_index, parse_pack_key, parse_trailer,
+    BlobKind, FinishedPack, MAX_BLOB_LEN, PackEntry, PackWriter, decode_blob, encode_blob,
+    pack_key, parse_index, parse_pack_key, parse_trailer,
 };
 
 use crate::model::{BlobId, PackId};
@@ -112,6 +112,7 @@ pub struct PackVerify {
 }
 
 impl PackVerify {
+    #[cfg(test)]
     pub fn is_ok(&self) -> bool {
         self.pack_hash_ok && self.format_errors.is_empty() && self.blob_failures.is_empty()
     }

@@ -290,12 +290,14 @@ impl PackWriter {
     pub fn stored_bytes(&self) -> u64 {
         self.bytes.len() as u64 - HEADER_LEN
     }
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+    #[cfg(test)]
     pub fn contains(&self, id: &BlobId) -> bool {
         self.ids.contains(id)
     }
