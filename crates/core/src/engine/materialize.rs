@@ -6,17 +6,24 @@
 //! never follows a symlink it did not create. Files are written to a temporary name and renamed
 //! into place, so a crash never leaves a half-written file under a real name.
 //!
-//! Hardlink followers are linked after every leader exists. A leader that is rewritten gets a
-//! new inode, so its followers are re-linked too even when their own nodes did not change.
+//! Work happens in four phases so that file writes run in parallel:
+//! 1. one thread walks both trees, removes extras, creates directories, symlinks and devices,
+//!    applies metadata-only changes, and queues every file whose content must be written;
+//! 2. worker threads write the queued files (temp name, data, holes, metadata, rename);
+//! 3. hardlink followers are linked, now that every leader exists (a rewritten leader has a new
+//!    inode, so its followers are re-linked even when their own nodes did not change);
+//! 4. directory metadata is applied deepest first, last, because every change inside a
+//!    directory moves its mtime.
 
 use super::blobs::BlobSource;
 use super::statcache::{CacheEntry, StatSig};
 use super::{EngineError, Progress, Result, join_path};
-use crate::model::{Content, Extent, Node, Tree, TreeId};
-use crate::rootfs::{ApplyOptions, Dir, FileKind, set_meta_fd};
+use crate::model::{Content, Extent, Meta, Node, Timestamp, Tree, TreeId};
+use crate::rootfs::{ApplyOptions, Dir, FileKind, RootfsError, set_meta_fd};
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What a materialization did.
 #[derive(Debug, Default)]
@@ -32,15 +39,26 @@ pub(crate) struct Applied {
     pub warnings: Vec<String>,
 }
 
+/// A file whose content phase 2 writes.
+struct FileJob {
+    parent: Vec<u8>,
+    name: Vec<u8>,
+    path: Vec<u8>,
+    node: Node,
+}
+
 pub(crate) struct Materializer<'a> {
     pub src: &'a BlobSource<'a>,
     pub opts: ApplyOptions,
     pub progress: &'a dyn Progress,
-    /// The machine directory; hardlink targets are resolved from it.
+    /// The machine directory; queued work is found again from it by path.
     pub root: &'a Dir,
     pub applied: Applied,
     links: Vec<(Vec<u8>, Vec<u8>)>,
     rewritten_leaders: HashSet<Vec<u8>>,
+    files: Vec<FileJob>,
+    /// Directories whose metadata phase 4 applies, by path (empty for the machine root).
+    dir_metas: Vec<(Vec<u8>, Meta)>,
 }
 
 fn kind_of(content: &Content) -> FileKind {
@@ -52,6 +70,10 @@ fn kind_of(content: &Content) -> FileKind {
         Content::BlockDev { .. } => FileKind::BlockDev,
         Content::Fifo => FileKind::Fifo,
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<'a> Materializer<'a> {
@@ -69,6 +91,8 @@ impl<'a> Materializer<'a> {
             applied: Applied::default(),
             links: Vec::new(),
             rewritten_leaders: HashSet::new(),
+            files: Vec::new(),
+            dir_metas: Vec::new(),
         }
     }
 
@@ -139,7 +163,7 @@ impl<'a> Materializer<'a> {
                 (Content::Dir { tree: t1 }, Content::Dir { tree: t2 }) => {
                     let sub = dir.open_dir(name)?;
                     self.apply_dir(&sub, &path, Some(*t1), *t2)?;
-                    sub.set_own_meta(&b.meta, &self.opts)?;
+                    self.dir_metas.push((path, b.meta.clone()));
                     Ok(())
                 }
                 (
@@ -188,55 +212,20 @@ impl<'a> Materializer<'a> {
     fn create(&mut self, dir: &Dir, path: &[u8], name: &[u8], node: &Node) -> Result<()> {
         let meta = &node.meta;
         match &node.content {
-            Content::File {
-                size,
-                extents,
-                nlink,
-            } => {
-                let src = self.src;
-                let progress = self.progress;
-                let mut written = 0u64;
-                let file = dir.write_file(name, |f| {
-                    let mut off = 0u64;
-                    for x in extents {
-                        if let Extent::Data { id, .. } = x {
-                            let data =
-                                src.chunk(*id)
-                                    .map_err(|e| crate::rootfs::RootfsError::Tar {
-                                        entry: String::from_utf8_lossy(path).into_owned(),
-                                        reason: e.to_string(),
-                                    })?;
-                            f.write_all_at(&data, off).map_err(|source| {
-                                crate::rootfs::RootfsError::Io {
-                                    path: String::from_utf8_lossy(path).into_owned(),
-                                    op: "write",
-                                    source,
-                                }
-                            })?;
-                            written += data.len() as u64;
-                            progress.advance(data.len() as u64);
-                        }
-                        off += x.len();
-                    }
-                    f.set_len(*size)
-                        .map_err(|source| crate::rootfs::RootfsError::Io {
-                            path: String::from_utf8_lossy(path).into_owned(),
-                            op: "truncate",
-                            source,
-                        })
-                })?;
-                set_meta_fd(&file, meta, &self.opts)?;
-                self.applied.written_files += 1;
-                self.applied.written_bytes += written;
+            Content::File { nlink, .. } => {
                 if *nlink > 1 {
                     self.rewritten_leaders.insert(path.to_vec());
                 }
-                self.record(&file, path, extents)?;
+                let parent = path[..path.len() - name.len()]
+                    .strip_suffix(b"/")
+                    .unwrap_or_default()
+                    .to_vec();
+                self.files.push(FileJob { parent, name: name.to_vec(), path: path.to_vec(), node: node.clone() });
             }
             Content::Dir { tree } => {
                 let sub = dir.create_dir(name, 0o700)?;
                 self.apply_dir(&sub, path, None, *tree)?;
-                sub.set_own_meta(meta, &self.opts)?;
+                self.dir_metas.push((path.to_vec(), meta.clone()));
             }
             Content::Symlink { target } => {
                 dir.symlink(name, target)?;
@@ -264,95 +253,175 @@ impl<'a> Materializer<'a> {
         Ok(())
     }
 
-    /// Records the stat of a file just written or re-stamped, so the next checkpoint trusts it.
-    fn record(&mut self, file: &std::fs::File, path: &[u8], extents: &[Extent]) -> Result<()> {
-        let st = rustix::fs::fstat(file).map_err(|e| EngineError::Io {
-            op: "stat",
-            path: String::from_utf8_lossy(path).into_owned().into(),
-            source: e.into(),
-        })?;
-        let sig = StatSig {
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            mtime: crate::model::Timestamp {
-                secs: st.st_mtime,
-                nanos: st.st_mtime_nsec as u32,
-            },
-            ctime: crate::model::Timestamp {
-                secs: st.st_ctime,
-                nanos: st.st_ctime_nsec as u32,
-            },
-            mode: st.st_mode,
-        };
-        self.applied.cache.push((
-            path.to_vec(),
-            CacheEntry {
-                sig,
-                extents: extents.to_vec(),
-            },
-        ));
+    /// Re-records a file whose metadata changed in place (its ctime moved).
+    fn restamp(&mut self, dir: &Dir, name: &[u8], path: &[u8], extents: &[Extent]) -> Result<()> {
+        let file = dir.open_file(name)?;
+        self.applied.cache.push((path.to_vec(), cache_entry(&file, path, extents)?));
         Ok(())
     }
 
-    fn restamp(&mut self, dir: &Dir, name: &[u8], path: &[u8], extents: &[Extent]) -> Result<()> {
-        let file = dir.open_file(name)?;
-        self.record(&file, path, extents)
+    /// Phases 2–4. `top` is the target's node for the machine directory itself; its metadata
+    /// is applied to the machine directory only for a whole-tree materialization.
+    pub(crate) fn finish(&mut self, top: &Node, whole: bool) -> Result<()> {
+        self.write_files()?;
+        self.link(top)?;
+        if whole {
+            self.dir_metas.push((Vec::new(), top.meta.clone()));
+        }
+        let mut metas = std::mem::take(&mut self.dir_metas);
+        metas.sort_by_key(|(p, _)| std::cmp::Reverse(depth(p)));
+        metas.dedup_by(|a, b| a.0 == b.0);
+        for (path, meta) in metas {
+            open_dir_path(self.root, &path)?.set_own_meta(&meta, &self.opts)?;
+        }
+        Ok(())
     }
 
-    /// Links deferred hardlink followers, and re-links followers of rewritten leaders found in
-    /// `full_root` (the whole target tree's top directory).
-    pub(crate) fn finish_links(&mut self, top: &Node) -> Result<()> {
+    /// Phase 2: the queued files, written by a few threads.
+    fn write_files(&mut self) -> Result<()> {
+        let jobs = std::mem::take(&mut self.files);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let next = AtomicUsize::new(0);
+        let done: Mutex<Vec<(u64, Vec<u8>, CacheEntry)>> = Mutex::new(Vec::with_capacity(jobs.len()));
+        let failure: Mutex<Option<EngineError>> = Mutex::new(None);
+        let (src, root, opts, progress) = (self.src, self.root, &self.opts, self.progress);
+        std::thread::scope(|s| {
+            for _ in 0..workers.min(jobs.len()) {
+                s.spawn(|| {
+                    // Jobs are in walk order, so consecutive files share a parent: keep it open.
+                    let mut current: Option<(Vec<u8>, Dir)> = None;
+                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if lock(&failure).is_some() {
+                            return;
+                        }
+                        match write_job(src, root, opts, progress, &mut current, job) {
+                            Ok((n, entry)) => lock(&done).push((n, job.path.clone(), entry)),
+                            Err(e) => {
+                                lock(&failure).get_or_insert(e);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        for (n, path, entry) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            self.applied.written_files += 1;
+            self.applied.written_bytes += n;
+            self.applied.cache.push((path, entry));
+        }
+        Ok(())
+    }
+
+    /// Phase 3: links deferred hardlink followers, and re-links followers of rewritten leaders.
+    fn link(&mut self, top: &Node) -> Result<()> {
         let Content::Dir { tree: full_root } = top.content else {
             return Ok(());
         };
         if !self.rewritten_leaders.is_empty() {
             let mut extra = Vec::new();
-            collect_followers(
-                self.src,
-                full_root,
-                &[],
-                &self.rewritten_leaders,
-                &mut extra,
-            )?;
+            collect_followers(self.src, full_root, &[], &self.rewritten_leaders, &mut extra)?;
             let known: HashSet<Vec<u8>> = self.links.iter().map(|(p, _)| p.clone()).collect();
-            self.links
-                .extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
+            self.links.extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
         }
-        let mut parents: Vec<Vec<u8>> = Vec::new();
         for (path, target) in std::mem::take(&mut self.links) {
             let (dir, name) = open_parent(self.root, &path)?;
             let (src_dir, src_name) = open_parent(self.root, &target)?;
             dir.hardlink(&src_dir, &src_name, &name)?;
-            parents.push(path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec());
-            self.applied.invalidated.push(path);
-        }
-        // Linking changed those directories' mtimes after their metadata was applied.
-        parents.sort();
-        parents.dedup();
-        for p in parents {
-            let comps: Vec<Vec<u8>> = p
+            // Linking moved the parent's mtime: make sure phase 4 stamps it.
+            let parent = path[..path.len() - name.len()].strip_suffix(b"/").unwrap_or_default().to_vec();
+            let comps: Vec<Vec<u8>> = parent
                 .split(|&b| b == b'/')
                 .filter(|c| !c.is_empty())
                 .map(<[u8]>::to_vec)
                 .collect();
             if let Some(node) = super::restore::lookup_path(self.src, top, &comps)? {
-                let mut dir = self.root.try_clone()?;
-                for c in &comps {
-                    dir = dir.open_dir(c)?;
-                }
-                dir.set_own_meta(&node.meta, &self.opts)?;
+                self.dir_metas.push((parent, node.meta));
             }
+            self.applied.invalidated.push(path);
         }
         Ok(())
     }
 }
 
+fn depth(path: &[u8]) -> usize {
+    if path.is_empty() { 0 } else { 1 + path.iter().filter(|&&b| b == b'/').count() }
+}
+
+/// Writes one queued file: data extents at their offsets, holes left unwritten, then metadata.
+fn write_job(
+    src: &BlobSource<'_>,
+    root: &Dir,
+    opts: &ApplyOptions,
+    progress: &dyn Progress,
+    current: &mut Option<(Vec<u8>, Dir)>,
+    job: &FileJob,
+) -> Result<(u64, CacheEntry)> {
+    if current.as_ref().is_none_or(|(p, _)| *p != job.parent) {
+        *current = Some((job.parent.clone(), open_dir_path(root, &job.parent)?));
+    }
+    let dir = &current.as_ref().expect("invariant: set above").1;
+    let Content::File { size, extents, .. } = &job.node.content else {
+        return Err(EngineError::Invalid("a queued file is not a file".to_owned()));
+    };
+    let shown = || String::from_utf8_lossy(&job.path).into_owned();
+    let mut written = 0u64;
+    let file = dir.write_file(&job.name, |f| {
+        let mut off = 0u64;
+        for x in extents {
+            if let Extent::Data { id, .. } = x {
+                let data = src
+                    .chunk(*id)
+                    .map_err(|e| RootfsError::Tar { entry: shown(), reason: e.to_string() })?;
+                f.write_all_at(&data, off)
+                    .map_err(|source| RootfsError::Io { path: shown(), op: "write", source })?;
+                written += data.len() as u64;
+                progress.advance(data.len() as u64);
+            }
+            off += x.len();
+        }
+        f.set_len(*size).map_err(|source| RootfsError::Io { path: shown(), op: "truncate", source })
+    })?;
+    set_meta_fd(&file, &job.node.meta, opts)?;
+    Ok((written, cache_entry(&file, &job.path, extents)?))
+}
+
+/// The stat-cache entry of a file just written or re-stamped, so the next checkpoint trusts it.
+fn cache_entry(file: &std::fs::File, path: &[u8], extents: &[Extent]) -> Result<CacheEntry> {
+    let st = rustix::fs::fstat(file).map_err(|e| EngineError::Io {
+        op: "stat",
+        path: String::from_utf8_lossy(path).into_owned().into(),
+        source: e.into(),
+    })?;
+    let sig = StatSig {
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime: Timestamp { secs: st.st_mtime, nanos: st.st_mtime_nsec as u32 },
+        ctime: Timestamp { secs: st.st_ctime, nanos: st.st_ctime_nsec as u32 },
+        mode: st.st_mode,
+    };
+    Ok(CacheEntry { sig, extents: extents.to_vec() })
+}
+
+/// Opens a directory by its path below the machine root, one component at a time, never
+/// following a symlink.
+fn open_dir_path(root: &Dir, path: &[u8]) -> Result<Dir> {
+    let mut dir = root.try_clone()?;
+    for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        dir = dir.open_dir(c)?;
+    }
+    Ok(dir)
+}
+
 /// Opens the parent directory of a relative path without following symlinks.
 pub(crate) fn open_parent(root: &Dir, path: &[u8]) -> Result<(Dir, Vec<u8>)> {
-    let comps: Vec<&[u8]> = path
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
+    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
     let Some((last, parents)) = comps.split_last() else {
         return Err(EngineError::Invalid("empty path".to_owned()));
     };
@@ -375,9 +444,7 @@ fn collect_followers(
         let p = join_path(path, &e.name);
         match &e.node.content {
             Content::Dir { tree } => collect_followers(src, *tree, &p, leaders, out)?,
-            Content::Hardlink { target } if leaders.contains(target) => {
-                out.push((p, target.clone()))
-            }
+            Content::Hardlink { target } if leaders.contains(target) => out.push((p, target.clone())),
             _ => {}
         }
     }

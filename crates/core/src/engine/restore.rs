@@ -208,9 +208,6 @@ impl Repo {
         match path {
             None | Some([]) => {
                 mat.apply_dir(&root, &[], Some(dir_tree(&from_top)?), to_top_tree)?;
-                if from_top.meta != to_top.meta || from_top != to_top {
-                    root.set_own_meta(&to_top.meta, &mat.opts)?;
-                }
             }
             Some(comps) => {
                 let to_node = lookup_path(&src, &to_top, comps)?;
@@ -235,7 +232,7 @@ impl Repo {
                 )?;
             }
         }
-        mat.finish_links(&to_top)?;
+        mat.finish(&to_top, path.is_none_or(|p| p.is_empty()))?;
         let applied = std::mem::take(&mut mat.applied);
         fold_cache(cache, &applied);
         Ok(applied)
@@ -321,8 +318,7 @@ impl Repo {
             let top = root_node(&src, target.root)?;
             let top_tree = dir_tree(&top)?;
             mat.apply_dir(&root, &[], None, top_tree)?;
-            root.set_own_meta(&top.meta, &mat.opts)?;
-            mat.finish_links(&top)?;
+            mat.finish(&top, true)?;
             let applied = std::mem::take(&mut mat.applied);
             let m = self.register_machine(&opts.name, &dir)?;
             let copts = CheckpointOptions {
