@@ -117,14 +117,7 @@ impl Repo {
         let mut seen_trees: HashSet<TreeId> = HashSet::new();
         let mut seen_chunks: HashSet<BlobId> = HashSet::new();
         for c in &checkpoints {
-            self.check_tree(
-                &src,
-                c.root,
-                &mut seen_trees,
-                &mut seen_chunks,
-                &mut bad,
-                &mut report,
-            )?;
+            self.check_tree(&src, c.root, &mut seen_trees, &mut seen_chunks, &mut bad)?;
             progress.advance(1);
         }
         report.trees = seen_trees.len() as u64;
@@ -144,7 +137,6 @@ impl Repo {
         trees: &mut HashSet<TreeId>,
         chunks: &mut HashSet<BlobId>,
         bad: &mut HashMap<BlobId, String>,
-        report: &mut CheckReport,
     ) -> Result<()> {
         if !trees.insert(id) || bad.contains_key(&BlobId::from(id)) {
             return Ok(());
@@ -158,7 +150,7 @@ impl Repo {
         };
         for e in &tree.entries {
             match &e.node.content {
-                Content::Dir { tree } => self.check_tree(src, *tree, trees, chunks, bad, report)?,
+                Content::Dir { tree } => self.check_tree(src, *tree, trees, chunks, bad)?,
                 Content::File { extents, .. } => {
                     for x in extents {
                         if let Extent::Data { id, .. } = x {

@@ -119,7 +119,7 @@ impl Repo {
 
     /// Writes a checkpoint (or the subtree at its path) as a PAX tar.
     pub fn export<W: Write>(&self, r: &Ref, out: W, progress: &dyn Progress) -> Result<W> {
-        let result = (|| {
+        (|| {
             let src = BlobSource::new(&self.store, &self.catalog_path())?;
             let (_, c) = self.resolve(r)?;
             let top = root_node(&src, c.root)?;
@@ -138,7 +138,6 @@ impl Repo {
             progress.phase("exporting", Some(c.logical_bytes));
             let mut adv = |n: u64| progress.advance(n);
             Ok(export_tar(&tree, &src, out, &mut adv)?)
-        })();
-        result
+        })()
     }
 }

@@ -34,7 +34,7 @@ macro_rules! id_type {
                 })?;
                 Ok(Self(arr))
             }
-            pub fn to_hex(&self) -> String {
+            pub fn to_hex(self) -> String {
                 hex::encode(self.0)
             }
             pub fn from_hex(text: &str) -> Result<Self, ModelError> {
