@@ -56,6 +56,20 @@ fn restore_replaces_a_planted_symlink_and_writes_nothing_outside() {
     now.remove(b"".as_slice());
     want.remove(b"".as_slice());
     assert_eq!(now, want);
+
+    // A partial restore below a planted symlink refuses rather than following it.
+    std::fs::remove_dir_all(t.path(b"etc")).unwrap();
+    t.symlink(b"etc", outside.as_os_str().as_bytes());
+    let err = env
+        .repo
+        .restore(
+            &r("web@v1:/etc/hostname"),
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("parent"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
 #[test]
