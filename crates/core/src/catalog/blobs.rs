@@ -66,7 +66,9 @@ impl Catalog {
     /// Dedup rule: a blob already indexed in a live pack keeps its location (this copy in the
     /// new pack is a harmless duplicate that repack will drop); a blob indexed in a doomed pack
     /// moves to this pack, since the doomed one is about to be deleted. Inserting a pack row
-    /// that already exists leaves that row as it was.
+    /// that already exists keeps its size and creation time but takes the new doomed state: a
+    /// writer that wrote a pack byte for byte equal to a doomed one (same content, same id)
+    /// has just made it live again, and gc must not delete it under the writer.
     pub fn insert_pack(&self, pack: &PackRow, blobs: &[BlobLoc]) -> Result<(), CatalogError> {
         const OP: &str = "index a pack";
         let tx = self.write_tx(OP)?;
@@ -141,7 +143,7 @@ impl Catalog {
         self.conn
             .prepare_cached(
                 "INSERT INTO packs (id, size, created_at, doomed_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT (id) DO UPDATE SET doomed_at = excluded.doomed_at",
             )
             .and_then(|mut s| {
                 s.execute(params![

@@ -1,4 +1,12 @@
-//! Engine round trips on small generated trees (the CLI tests cover the binary end to end).
+//! Engine tests on small generated trees, run as root (the CLI tests cover the binary end to
+//! end). Shared helpers live here; each area has its own module.
+
+mod check;
+mod concurrency;
+mod fixture;
+mod gc;
+mod roundtrip;
+mod safety;
 
 use super::*;
 use crate::model::Ref;
@@ -6,16 +14,78 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
 fn repo(home: &Path) -> Repo {
+    repo_as(home, "tester", Duration::from_secs(5))
+}
+
+fn repo_as(home: &Path, author: &str, lock_wait: Duration) -> Repo {
     Repo::open(&RepoOptions {
         home: home.to_owned(),
-        author: "tester".into(),
-        lock_wait: Duration::from_secs(5),
+        author: author.into(),
+        lock_wait,
     })
     .unwrap()
 }
 
 fn r(s: &str) -> Ref {
     Ref::parse(s.as_bytes()).unwrap()
+}
+
+/// Adopts `dir` as machine `name`.
+fn adopt(repo: &Repo, name: &str, dir: &Path) -> MachineInfo {
+    repo.create_machine(
+        &CreateMachineOptions {
+            name: name.into(),
+            dir: dir.to_owned(),
+            from_tar: None,
+        },
+        &NoProgress,
+    )
+    .unwrap()
+    .0
+}
+
+fn checkpoint(repo: &Repo, machine: &str) -> CheckpointReport {
+    repo.checkpoint(machine, &CheckpointOptions::default(), &NoProgress)
+        .unwrap()
+}
+
+fn restore(repo: &Repo, reference: &str) -> RestoreReport {
+    repo.restore(&r(reference), &RestoreOptions::default(), &NoProgress)
+        .unwrap()
+}
+
+fn fork(repo: &Repo, reference: &str, name: &str, dir: &Path) -> RestoreReport {
+    repo.fork(
+        &r(reference),
+        &ForkOptions {
+            name: name.into(),
+            dir: dir.to_owned(),
+        },
+        &NoProgress,
+    )
+    .unwrap()
+}
+
+/// A tempdir holding a cairn home (`home`) and room for machines beside it.
+struct Env {
+    tmp: tempfile::TempDir,
+    repo: Repo,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(&tmp.path().join("home"));
+        Env { tmp, repo }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self.tmp.path().join("home")
+    }
 }
 
 fn write(p: &Path, data: &[u8]) {
