@@ -220,7 +220,12 @@ impl<'a> Materializer<'a> {
                     .strip_suffix(b"/")
                     .unwrap_or_default()
                     .to_vec();
-                self.files.push(FileJob { parent, name: name.to_vec(), path: path.to_vec(), node: node.clone() });
+                self.files.push(FileJob {
+                    parent,
+                    name: name.to_vec(),
+                    path: path.to_vec(),
+                    node: node.clone(),
+                });
             }
             Content::Dir { tree } => {
                 let sub = dir.create_dir(name, 0o700)?;
@@ -256,7 +261,9 @@ impl<'a> Materializer<'a> {
     /// Re-records a file whose metadata changed in place (its ctime moved).
     fn restamp(&mut self, dir: &Dir, name: &[u8], path: &[u8], extents: &[Extent]) -> Result<()> {
         let file = dir.open_file(name)?;
-        self.applied.cache.push((path.to_vec(), cache_entry(&file, path, extents)?));
+        self.applied
+            .cache
+            .push((path.to_vec(), cache_entry(&file, path, extents)?));
         Ok(())
     }
 
@@ -283,9 +290,12 @@ impl<'a> Materializer<'a> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         let next = AtomicUsize::new(0);
-        let done: Mutex<Vec<(u64, Vec<u8>, CacheEntry)>> = Mutex::new(Vec::with_capacity(jobs.len()));
+        let done: Mutex<Vec<(u64, Vec<u8>, CacheEntry)>> =
+            Mutex::new(Vec::with_capacity(jobs.len()));
         let failure: Mutex<Option<EngineError>> = Mutex::new(None);
         let (src, root, opts, progress) = (self.src, self.root, &self.opts, self.progress);
         std::thread::scope(|s| {
@@ -326,16 +336,26 @@ impl<'a> Materializer<'a> {
         };
         if !self.rewritten_leaders.is_empty() {
             let mut extra = Vec::new();
-            collect_followers(self.src, full_root, &[], &self.rewritten_leaders, &mut extra)?;
+            collect_followers(
+                self.src,
+                full_root,
+                &[],
+                &self.rewritten_leaders,
+                &mut extra,
+            )?;
             let known: HashSet<Vec<u8>> = self.links.iter().map(|(p, _)| p.clone()).collect();
-            self.links.extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
+            self.links
+                .extend(extra.into_iter().filter(|(p, _)| !known.contains(p)));
         }
         for (path, target) in std::mem::take(&mut self.links) {
             let (dir, name) = open_parent(self.root, &path)?;
             let (src_dir, src_name) = open_parent(self.root, &target)?;
             dir.hardlink(&src_dir, &src_name, &name)?;
             // Linking moved the parent's mtime: make sure phase 4 stamps it.
-            let parent = path[..path.len() - name.len()].strip_suffix(b"/").unwrap_or_default().to_vec();
+            let parent = path[..path.len() - name.len()]
+                .strip_suffix(b"/")
+                .unwrap_or_default()
+                .to_vec();
             let comps: Vec<Vec<u8>> = parent
                 .split(|&b| b == b'/')
                 .filter(|c| !c.is_empty())
@@ -351,7 +371,11 @@ impl<'a> Materializer<'a> {
 }
 
 fn depth(path: &[u8]) -> usize {
-    if path.is_empty() { 0 } else { 1 + path.iter().filter(|&&b| b == b'/').count() }
+    if path.is_empty() {
+        0
+    } else {
+        1 + path.iter().filter(|&&b| b == b'/').count()
+    }
 }
 
 /// Writes one queued file: data extents at their offsets, holes left unwritten, then metadata.
@@ -368,7 +392,9 @@ fn write_job(
     }
     let dir = &current.as_ref().expect("invariant: set above").1;
     let Content::File { size, extents, .. } = &job.node.content else {
-        return Err(EngineError::Invalid("a queued file is not a file".to_owned()));
+        return Err(EngineError::Invalid(
+            "a queued file is not a file".to_owned(),
+        ));
     };
     let shown = || String::from_utf8_lossy(&job.path).into_owned();
     let mut written = 0u64;
@@ -376,17 +402,26 @@ fn write_job(
         let mut off = 0u64;
         for x in extents {
             if let Extent::Data { id, .. } = x {
-                let data = src
-                    .chunk(*id)
-                    .map_err(|e| RootfsError::Tar { entry: shown(), reason: e.to_string() })?;
+                let data = src.chunk(*id).map_err(|e| RootfsError::Tar {
+                    entry: shown(),
+                    reason: e.to_string(),
+                })?;
                 f.write_all_at(&data, off)
-                    .map_err(|source| RootfsError::Io { path: shown(), op: "write", source })?;
+                    .map_err(|source| RootfsError::Io {
+                        path: shown(),
+                        op: "write",
+                        source,
+                    })?;
                 written += data.len() as u64;
                 progress.advance(data.len() as u64);
             }
             off += x.len();
         }
-        f.set_len(*size).map_err(|source| RootfsError::Io { path: shown(), op: "truncate", source })
+        f.set_len(*size).map_err(|source| RootfsError::Io {
+            path: shown(),
+            op: "truncate",
+            source,
+        })
     })?;
     set_meta_fd(&file, &job.node.meta, opts)?;
     Ok((written, cache_entry(&file, &job.path, extents)?))
@@ -402,11 +437,20 @@ fn cache_entry(file: &std::fs::File, path: &[u8], extents: &[Extent]) -> Result<
     let sig = StatSig {
         ino: st.st_ino,
         size: st.st_size as u64,
-        mtime: Timestamp { secs: st.st_mtime, nanos: st.st_mtime_nsec as u32 },
-        ctime: Timestamp { secs: st.st_ctime, nanos: st.st_ctime_nsec as u32 },
+        mtime: Timestamp {
+            secs: st.st_mtime,
+            nanos: st.st_mtime_nsec as u32,
+        },
+        ctime: Timestamp {
+            secs: st.st_ctime,
+            nanos: st.st_ctime_nsec as u32,
+        },
         mode: st.st_mode,
     };
-    Ok(CacheEntry { sig, extents: extents.to_vec() })
+    Ok(CacheEntry {
+        sig,
+        extents: extents.to_vec(),
+    })
 }
 
 /// Opens a directory by its path below the machine root, one component at a time, never
@@ -421,7 +465,10 @@ fn open_dir_path(root: &Dir, path: &[u8]) -> Result<Dir> {
 
 /// Opens the parent directory of a relative path without following symlinks.
 pub(crate) fn open_parent(root: &Dir, path: &[u8]) -> Result<(Dir, Vec<u8>)> {
-    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     let Some((last, parents)) = comps.split_last() else {
         return Err(EngineError::Invalid("empty path".to_owned()));
     };
@@ -444,7 +491,9 @@ fn collect_followers(
         let p = join_path(path, &e.name);
         match &e.node.content {
             Content::Dir { tree } => collect_followers(src, *tree, &p, leaders, out)?,
-            Content::Hardlink { target } if leaders.contains(target) => out.push((p, target.clone())),
+            Content::Hardlink { target } if leaders.contains(target) => {
+                out.push((p, target.clone()))
+            }
             _ => {}
         }
     }

@@ -10,7 +10,8 @@
 //! |-----------------|------------|----------------------------------------------------|
 //! | 0               | 7          | magic `CAIRNPK`                                    |
 //! | 7               | 1          | pack version (`1`)                                 |
-//! | 8               | varies     | blobs back to back; each is a *stored blob*:       |
+//! | 8               | 16         | salt: random bytes, unique per written pack        |
+//! | 24              | varies     | blobs back to back; each is a *stored blob*:       |
 //! |                 |   1        | · codec tag: `0` = raw, `1` = one or more zstd frames |
 //! |                 |   n        | · payload                                          |
 //! | `index_off`     | 49 × count | index entries, in blob order:                      |
@@ -25,13 +26,16 @@
 //! | `size - 1`      | 1          | index version (`1`)                                |
 //!
 //! Invariants, checked by [`parse_index`]:
-//! - `index_off = size - 44 - 49 × count`, and the stored blobs tile `[8, index_off)` exactly,
+//! - `index_off = size - 44 - 49 × count`, and the stored blobs tile `[24, index_off)` exactly,
 //!   in index order, with no gaps or overlaps; every stored length is at least 1 (the tag).
 //! - No blob id appears twice in one pack.
 //! - The pack's id is the BLAKE3 of all its bytes, so one hash check covers everything.
 //!
-//! The encoder is canonical: the same sequence of `add`s gives the same bytes and the same
-//! pack id. A blob is stored raw when zstd does not make it strictly smaller.
+//! The encoder is canonical for a given salt: the same salt and sequence of `add`s give the same
+//! bytes and the same pack id. The salt makes every written pack's id unique, even when two
+//! writers pack identical blobs: gc may be deleting a doomed pack at the very moment a writer
+//! re-creates its content, and the two must never share a name. A blob is stored raw when zstd
+//! does not make it strictly smaller.
 
 use super::StoreError;
 use crate::model::{BlobId, PackId};
@@ -44,7 +48,9 @@ pub const PACK_MAGIC: &[u8; 7] = b"CAIRNPK";
 pub const INDEX_MAGIC: &[u8; 7] = b"CAIRNIX";
 /// Version of the whole layout above; stored in both the header and the trailer.
 pub const PACK_VERSION: u8 = 1;
-pub const HEADER_LEN: u64 = 8;
+/// Magic, version and salt.
+pub const HEADER_LEN: u64 = 24;
+pub const SALT_LEN: usize = 16;
 pub const ENTRY_LEN: u64 = 1 + 32 + 8 + 4 + 4;
 pub const TRAILER_LEN: u64 = 4 + 32 + 8;
 /// zstd level for blobs: fast enough for ingest, most of the ratio of higher levels.
@@ -204,10 +210,25 @@ impl fmt::Debug for PackWriter {
 }
 
 impl PackWriter {
+    /// A writer for a new pack with a random salt.
     pub fn new() -> Self {
+        let mut salt = [0u8; SALT_LEN];
+        if rustix::rand::getrandom(&mut salt, rustix::rand::GetRandomFlags::empty()).is_err() {
+            // Uniqueness, not secrecy, is what matters: time and pid will do.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            salt.copy_from_slice(&(t ^ (u128::from(std::process::id()) << 96)).to_le_bytes());
+        }
+        Self::with_salt(salt)
+    }
+
+    /// A writer with a given salt, for reproducible packs (tests, golden files).
+    pub fn with_salt(salt: [u8; SALT_LEN]) -> Self {
         let mut bytes = Vec::with_capacity(1 << 20);
         bytes.extend_from_slice(PACK_MAGIC);
         bytes.push(PACK_VERSION);
+        bytes.extend_from_slice(&salt);
         Self {
             bytes,
             entries: Vec::new(),
@@ -515,7 +536,7 @@ mod tests {
     }
 
     fn build(blobs: &[(BlobKind, Vec<u8>)]) -> FinishedPack {
-        let mut w = PackWriter::new();
+        let mut w = PackWriter::with_salt([0; SALT_LEN]);
         for (kind, raw) in blobs {
             assert!(w.add(BlobId::of(raw), *kind, raw).unwrap());
         }
@@ -525,7 +546,7 @@ mod tests {
     #[test]
     fn round_trip_many_blobs_of_both_kinds() {
         let blobs = sample_blobs();
-        let mut w = PackWriter::new();
+        let mut w = PackWriter::with_salt([0; SALT_LEN]);
         assert!(w.is_empty());
         for (kind, raw) in &blobs {
             assert!(w.add(BlobId::of(raw), *kind, raw).unwrap());
@@ -561,7 +582,7 @@ mod tests {
     #[test]
     fn add_stored_gives_the_same_pack_as_add() {
         let blobs = sample_blobs();
-        let mut w = PackWriter::new();
+        let mut w = PackWriter::with_salt([0; SALT_LEN]);
         for (kind, raw) in &blobs {
             let stored = encode_blob(raw);
             assert!(
@@ -581,10 +602,27 @@ mod tests {
     }
 
     #[test]
+    fn two_writers_of_the_same_blobs_make_distinct_packs() {
+        let mut a = PackWriter::new();
+        let mut b = PackWriter::new();
+        a.add(BlobId::of(b"x"), BlobKind::Chunk, b"x").unwrap();
+        b.add(BlobId::of(b"x"), BlobKind::Chunk, b"x").unwrap();
+        assert_ne!(
+            a.finish().id,
+            b.finish().id,
+            "gc must never delete a rewritten pack by name"
+        );
+    }
+
+    #[test]
     fn empty_pack_is_valid() {
-        let pack = PackWriter::new().finish();
+        let pack = PackWriter::with_salt([0; SALT_LEN]).finish();
         assert_eq!(pack.bytes.len() as u64, HEADER_LEN + TRAILER_LEN);
-        assert!(parse_index(&pack.bytes, 52).unwrap().is_empty());
+        assert!(
+            parse_index(&pack.bytes, HEADER_LEN + TRAILER_LEN)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// Pins format version 1 byte for byte. If this fails, the on-disk format (or the zstd
@@ -599,18 +637,19 @@ mod tests {
         let b = &pack.bytes;
         // Structure, spelled out independently of the encoder.
         assert_eq!(&b[..8], b"CAIRNPK\x01");
-        assert_eq!(&b[8..14], b"\x00cairn", "short blob stored raw with tag 0");
-        assert_eq!(b[14], 1, "repetitive blob compressed with tag 1");
+        assert_eq!(&b[8..24], &[0u8; SALT_LEN], "the salt");
+        assert_eq!(&b[24..30], b"\x00cairn", "short blob stored raw with tag 0");
+        assert_eq!(b[30], 1, "repetitive blob compressed with tag 1");
         assert_eq!(&b[b.len() - 8..], b"CAIRNIX\x01");
         assert_eq!(&b[b.len() - 44..b.len() - 40], &2u32.to_le_bytes());
         let e = pack.entries[1];
-        assert_eq!((e.offset, e.raw_len), (14, tree.len() as u32));
+        assert_eq!((e.offset, e.raw_len), (30, tree.len() as u32));
         let index = &b[b.len() - 44 - 98..b.len() - 44];
         assert_eq!(index[0], 0);
         assert_eq!(&index[1..33], BlobId::of(b"cairn").as_bytes());
         assert_eq!(
             &index[33..49],
-            &[8, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0, 0]
+            &[24, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0, 0]
         );
         assert_eq!(index[49], 1);
         assert_eq!(
@@ -623,14 +662,14 @@ mod tests {
     }
 
     const GOLDEN_HEX: &str = concat!(
-        "434149524e504b0100636169726e0128b52ffd20304d00001861626301006aba",
-        "21000a35e41e05f8a79793f4436f3c778283f6215c381a24071eb1ae871aba2c",
-        "797b0800000000000000060000000500000001fcd0f6acbb70d3bb630bda9f23",
-        "3d6453ed2f1af82cc5f3852bbffd16924479e30e000000000000001300000030",
-        "00000002000000b598acd1416594fe3f2dc84ecb02d0d726a0e3b5a995c36773",
-        "56c1e111c56d8e434149524e495801",
+        "434149524e504b010000000000000000000000000000000000636169726e0128",
+        "b52ffd20304d00001861626301006aba21000a35e41e05f8a79793f4436f3c77",
+        "8283f6215c381a24071eb1ae871aba2c797b1800000000000000060000000500",
+        "000001fcd0f6acbb70d3bb630bda9f233d6453ed2f1af82cc5f3852bbffd1692",
+        "4479e31e00000000000000130000003000000002000000b42436303ee27c9804",
+        "5b03b648ed24913dfc1c43e7de08454e148719f43bd172434149524e495801",
     );
-    const GOLDEN_ID: &str = "fb866e291df8a567b7f8ef5300804fda5f8efe7216770469d7af1884cad72d83";
+    const GOLDEN_ID: &str = "709fee972d60818ca2bcc81641b6ec31ce51cd8be3788f61c958ffbdddcff0b8";
 
     /// Reads a pack's index the way `Store` does: trailer first, then the tail it names.
     fn read_index(bytes: &[u8]) -> Result<Vec<PackEntry>, StoreError> {
