@@ -120,16 +120,25 @@ fn deleted_checkpoint_is_doomed_then_deleted_and_the_rest_restores() {
     );
 }
 
-/// Regression: packs are named by their bytes, so a checkpoint that writes again exactly the
-/// content of a doomed pack produces the same pack id. The catalog kept that row doomed, so
-/// the pack the new checkpoint depends on stayed marked for deletion.
+/// Regression: packs were named by their bytes alone, so a checkpoint that wrote again exactly
+/// the content of a doomed pack re-created the same pack id, which gc could then delete under
+/// it. Packs are salted now: the rewrite lands in a new live pack and the doomed one still goes.
 #[test]
-fn rewritten_pack_identical_to_a_doomed_pack_is_live_again() {
+fn rewritten_content_of_a_doomed_pack_lands_in_a_new_live_pack() {
     let env = Env::new();
     let (t, _, s2) = two_versions(&env);
     env.repo.checkpoint_delete(&r("web@v2")).unwrap();
-    let doomed = gc(&env.repo, 0.0).packs_doomed;
-    assert!(doomed > 0);
+    let doomed_ids: Vec<_> = {
+        assert!(gc(&env.repo, 0.0).packs_doomed > 0);
+        env.repo
+            .catalog
+            .packs()
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.doomed_at.is_some())
+            .map(|p| p.id)
+            .collect()
+    };
     // The same content comes back: its blobs sit in a doomed pack, so they are written again.
     let v3 = checkpoint(&env.repo, "web");
     assert!(
@@ -137,12 +146,19 @@ fn rewritten_pack_identical_to_a_doomed_pack_is_live_again() {
         "blobs in a doomed pack were referenced: {v3:?}"
     );
     let packs = env.repo.catalog.packs().unwrap();
-    assert!(
-        packs.iter().all(|p| p.doomed_at.is_none()),
-        "a pack v3 just wrote is still doomed: {packs:?}"
-    );
+    for p in &packs {
+        assert_eq!(
+            p.doomed_at.is_some(),
+            doomed_ids.contains(&p.id),
+            "only the old packs stay doomed: {packs:?}"
+        );
+    }
     let g = gc(&env.repo, 0.0);
-    assert_eq!((g.packs_deleted, g.packs_doomed), (0, 0), "{g:?}");
+    assert_eq!(
+        (g.packs_deleted, g.packs_doomed),
+        (doomed_ids.len() as u64, 0),
+        "{g:?}"
+    );
     assert_clean(&env.repo);
     assert_restores(&env.repo, &t, "web@v3", &s2);
 }
