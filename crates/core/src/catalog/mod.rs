@@ -386,6 +386,18 @@ impl Catalog {
         })
     }
 
+    /// Opens a read transaction that lasts as long as this connection: one consistent snapshot
+    /// for a whole read-only operation, and no lock round trip per query (a restore looks up
+    /// thousands of chunks). Only for connections that never write.
+    pub fn hold_read_snapshot(&self) -> Result<(), CatalogError> {
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .ctx("begin a read snapshot")?;
+        self.conn
+            .query_row("SELECT count(*) FROM packs", [], |_| Ok(()))
+            .ctx("begin a read snapshot")
+    }
+
     /// Checks the file's structure, its foreign keys and the catalog's own invariants.
     /// Returns one line per problem found; empty means healthy.
     ///

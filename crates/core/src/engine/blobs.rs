@@ -197,9 +197,11 @@ pub(crate) struct BlobSource<'a> {
 
 impl<'a> BlobSource<'a> {
     pub(crate) fn new(store: &'a Store, catalog_path: &Path) -> Result<Self> {
+        let catalog = Catalog::open(catalog_path)?;
+        catalog.hold_read_snapshot()?;
         Ok(BlobSource {
             store,
-            catalog: Mutex::new(Catalog::open(catalog_path)?),
+            catalog: Mutex::new(catalog),
             trees: Mutex::new(HashMap::new()),
         })
     }

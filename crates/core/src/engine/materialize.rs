@@ -293,25 +293,35 @@ impl<'a> Materializer<'a> {
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8);
+        // Runs of files with the same parent (jobs are in walk order): a worker takes a whole
+        // run, so each directory is opened once rather than once per file.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            match runs.last_mut() {
+                Some(r) if jobs[r.start].parent == job.parent && r.len() < 256 => r.end = i + 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
         let next = AtomicUsize::new(0);
         let done: Mutex<Vec<(u64, Vec<u8>, CacheEntry)>> =
             Mutex::new(Vec::with_capacity(jobs.len()));
         let failure: Mutex<Option<EngineError>> = Mutex::new(None);
         let (src, root, opts, progress) = (self.src, self.root, &self.opts, self.progress);
         std::thread::scope(|s| {
-            for _ in 0..workers.min(jobs.len()) {
+            for _ in 0..workers.min(runs.len()) {
                 s.spawn(|| {
-                    // Jobs are in walk order, so consecutive files share a parent: keep it open.
                     let mut current: Option<(Vec<u8>, Dir)> = None;
-                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        if lock(&failure).is_some() {
-                            return;
-                        }
-                        match write_job(src, root, opts, progress, &mut current, job) {
-                            Ok((n, entry)) => lock(&done).push((n, job.path.clone(), entry)),
-                            Err(e) => {
-                                lock(&failure).get_or_insert(e);
+                    while let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        for job in &jobs[run.clone()] {
+                            if lock(&failure).is_some() {
                                 return;
+                            }
+                            match write_job(src, root, opts, progress, &mut current, job) {
+                                Ok((n, entry)) => lock(&done).push((n, job.path.clone(), entry)),
+                                Err(e) => {
+                                    lock(&failure).get_or_insert(e);
+                                    return;
+                                }
                             }
                         }
                     }
