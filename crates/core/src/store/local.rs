@@ -31,45 +31,13 @@ use std::time::{Duration, SystemTime};
 const TMP_DIR: &str = "tmp";
 
 /// A backend storing each object as a file under `root`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
     tmp: PathBuf,
-    /// Open handles of recently read packs. Restore and check read thousands of blobs from a
-    /// few packs; reopening the pack for every blob doubled their system time. Only `packs/`
-    /// keys are cached: each names one immutable object for its whole life (packs are salted,
-    /// so a key is never re-put with other bytes), and `delete` evicts.
-    handles: std::sync::Mutex<std::collections::HashMap<String, (std::sync::Arc<fs::File>, u64)>>,
 }
 
-/// At most this many pack handles stay open.
-const HANDLE_CACHE: usize = 64;
-
 impl LocalBackend {
-    /// `open_object`, through the handle cache for pack keys.
-    fn cached_open(&self, key: &str) -> Result<(std::sync::Arc<fs::File>, u64), BackendError> {
-        if !key.starts_with("packs/") {
-            let (file, size) = self.open_object("get_range", key)?;
-            return Ok((std::sync::Arc::new(file), size));
-        }
-        if let Some((f, size)) = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return Ok((std::sync::Arc::clone(f), *size));
-        }
-        let (file, size) = self.open_object("get_range", key)?;
-        let file = std::sync::Arc::new(file);
-        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        if handles.len() >= HANDLE_CACHE {
-            handles.clear();
-        }
-        handles.insert(key.to_owned(), (std::sync::Arc::clone(&file), size));
-        Ok((file, size))
-    }
-
     /// Opens (creating if missing) a store directory at `root`, with its `tmp` staging dir.
     pub fn open(root: &Path) -> Result<Self, BackendError> {
         let io_err = |source| BackendError::Io {
@@ -93,7 +61,6 @@ impl LocalBackend {
         Ok(Self {
             root: root.to_owned(),
             tmp,
-            handles: Default::default(),
         })
     }
 
@@ -175,7 +142,7 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let (file, size) = self.cached_open(key)?;
+        let (file, size) = self.open_object("get_range", key)?;
         // Checked before allocating, so a bogus length from a corrupt index cannot make us
         // allocate more than the object holds.
         let short = || {
@@ -232,10 +199,6 @@ impl Backend for LocalBackend {
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {
         let path = self.path_of(key)?;
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
         let err = io_err("delete", key);
         match fs::remove_file(&path) {
             Ok(()) => {}
