@@ -33,7 +33,13 @@ struct WriterState {
 
 pub(crate) struct BlobWriter<'a> {
     store: &'a Store,
+    /// Indexes the packs this writer uploads.
     catalog: Mutex<Catalog>,
+    /// Answers "is this blob live?" from one read snapshot taken when the writer started: no
+    /// lock round trip per chunk. Blobs indexed after the snapshot are at worst written again
+    /// (dedup is lost, never correctness), and a blob gc dooms after the snapshot is protected
+    /// by this writer's session, which started before the snapshot (see gc.rs).
+    lookups: Mutex<Catalog>,
     state: Mutex<WriterState>,
     /// A dry writer stores nothing: it hashes chunks and keeps trees in memory, to learn the
     /// tree of a live directory without adding to the store (diff against live, recovery).
@@ -48,9 +54,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<'a> BlobWriter<'a> {
     pub(crate) fn new(store: &'a Store, catalog_path: &Path) -> Result<Self> {
+        let lookups = Catalog::open(catalog_path)?;
+        lookups.hold_read_snapshot()?;
         Ok(BlobWriter {
             store,
             catalog: Mutex::new(Catalog::open(catalog_path)?),
+            lookups: Mutex::new(lookups),
             state: Mutex::new(WriterState {
                 data: PackWriter::new(),
                 trees: PackWriter::new(),
@@ -84,7 +93,7 @@ impl<'a> BlobWriter<'a> {
             return Ok(true);
         }
         Ok(matches!(
-            lock(&self.catalog).lookup_blob(&id)?,
+            lock(&self.lookups).lookup_blob(&id)?,
             Some((_, false))
         ))
     }
