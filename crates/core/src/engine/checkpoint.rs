@@ -109,6 +109,7 @@ impl Repo {
             workers: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(8),
+            upper: None,
         };
         Ok((ingest(&root, writer, &opts)?, epoch))
     }

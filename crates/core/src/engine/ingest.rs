@@ -12,6 +12,7 @@
 
 use super::blobs::BlobWriter;
 use super::statcache::{CacheEntry, RACY_WINDOW_NS, StatCache, StatSig};
+use super::upper::{self, Layers, UpperBase};
 use super::{EngineError, Progress, Result, join_path};
 use crate::chunker::{chunk_slice, chunk_stream};
 use crate::model::{BlobId, ChunkId, Content, Entry, Extent, Meta, Node, Tree, TreeId};
@@ -34,6 +35,9 @@ pub(crate) struct IngestOptions<'a> {
     /// epoch has not moved since the cache was written).
     pub trust_cache: bool,
     pub workers: usize,
+    /// Set when the directory is an overlay upper layer: the result is this layer merged over
+    /// its base tree (see `upper.rs`), and only the upper layer is walked.
+    pub upper: Option<UpperBase<'a>>,
 }
 
 pub(crate) struct Ingested {
@@ -83,6 +87,8 @@ struct JobResult {
 
 struct Walk<'a> {
     opts: &'a IngestOptions<'a>,
+    /// What an upper-layer ingest learns about which entries came from which layer.
+    layers: Layers,
     writer: &'a BlobWriter<'a>,
     dirs: Vec<PendingDir>,
     dir_meta: Vec<Meta>,
@@ -133,6 +139,7 @@ pub(crate) fn ingest(
         }
         let mut walk = Walk {
             opts,
+            layers: Layers::new(opts.upper.as_ref()),
             writer,
             dirs: Vec::new(),
             dir_meta: Vec::new(),
@@ -146,8 +153,16 @@ pub(crate) fn ingest(
         };
         let walked = (|| {
             let root = Arc::new(root.try_clone()?);
-            let root_meta = meta_from_stat(&root.stat_self()?, root.read_dir_xattrs()?);
-            walk.walk_dir(root, Vec::new(), root_meta)
+            let mut xattrs = root.read_dir_xattrs()?;
+            let base = match &opts.upper {
+                Some(up) => {
+                    xattrs = up.strip_xattrs(xattrs);
+                    Some(up.base_top()?)
+                }
+                None => None,
+            };
+            let root_meta = meta_from_stat(&root.stat_self()?, xattrs);
+            walk.walk_dir(root, Vec::new(), root_meta, base)
         })();
         // Closing the queue lets the workers finish it and exit, so the scope can end.
         walk.queue = mpsc::sync_channel(0).0;
@@ -163,9 +178,10 @@ pub(crate) fn ingest(
         dir_meta,
         links,
         mut new_cache,
-        logical,
-        entries,
+        mut logical,
+        mut entries,
         warnings,
+        mut layers,
         ..
     } = walk;
 
@@ -215,9 +231,17 @@ pub(crate) fn ingest(
             };
             tree.entries.push(Entry { name, node });
         }
-        tree_ids[idx] = Some(writer.put_tree(&tree)?);
+        let id = writer.put_tree(&tree)?;
+        layers.keep_tree(id, tree);
+        tree_ids[idx] = Some(id);
     }
-    let top = tree_ids[root_idx].expect("invariant: root is encoded");
+    let mut top = tree_ids[root_idx].expect("invariant: root is encoded");
+    if let Some(up) = &opts.upper {
+        let fixed = layers.finish(up, top, writer)?;
+        top = fixed.top;
+        logical = (logical as i64 + fixed.logical_delta) as u64;
+        entries = (entries as i64 + fixed.entries_delta) as u64;
+    }
     let root_tree = Tree {
         entries: vec![Entry {
             name: ROOT_ENTRY.to_vec(),
@@ -257,8 +281,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Walk<'_> {
-    /// Walks one directory, returning its index in `dirs`.
-    fn walk_dir(&mut self, dir: Arc<Dir>, path: Vec<u8>, meta: Meta) -> Result<usize> {
+    /// Walks one directory, returning its index in `dirs`. `base` is the directory's tree in
+    /// the base layer when this is an upper-layer ingest and the directory merges over it.
+    fn walk_dir(
+        &mut self,
+        dir: Arc<Dir>,
+        path: Vec<u8>,
+        meta: Meta,
+        base: Option<Arc<Tree>>,
+    ) -> Result<usize> {
         let idx = self.dirs.len();
         self.dirs.push(PendingDir {
             entries: Vec::new(),
@@ -266,11 +297,60 @@ impl Walk<'_> {
         self.dir_meta.push(meta);
         let listing = dir.entries()?;
         let mut slots = Vec::with_capacity(listing.len());
-        for entry in listing {
-            let child_path = join_path(&path, &entry.name);
-            if let Some(slot) = self.entry_slot(&dir, &entry, &child_path)? {
-                self.entries += 1;
-                slots.push((entry.name, slot));
+        let opts = self.opts;
+        if let Some(up) = &opts.upper {
+            if base.is_some() {
+                self.layers.merged_dir(&path);
+            }
+            for item in upper::merge_listing(base.as_deref(), listing) {
+                let child_path = join_path(&path, item.name());
+                let (entry, base) = match item {
+                    upper::Item::Base(entry) => {
+                        slots.push((entry.name, Slot::Ready(entry.node)));
+                        continue;
+                    }
+                    upper::Item::Upper { entry, base } => (entry, base),
+                };
+                let whiteout = upper::is_whiteout(&entry);
+                let xattrs = if whiteout {
+                    Vec::new()
+                } else {
+                    dir.read_xattrs(&entry.name, entry.kind)?
+                };
+                let merge_base = match (&base, entry.kind) {
+                    (Some(b), FileKind::Dir) if !up.is_opaque(&xattrs) => up.dir_below(b)?,
+                    _ => None,
+                };
+                if let Some(t) = merge_base {
+                    // The directory merges over the base one, which the base already counted.
+                    up.refuse_unsupported(&xattrs, &child_path)?;
+                    let meta = meta_from_stat(&entry.stat, up.strip_xattrs(xattrs));
+                    let child = Arc::new(dir.open_dir(&entry.name)?);
+                    let idx = self.walk_dir(child, child_path, meta, Some(t))?;
+                    slots.push((entry.name, Slot::Dir(idx)));
+                    continue;
+                }
+                if let Some(b) = &base {
+                    self.layers.shadowed(up, b, &child_path)?;
+                }
+                if whiteout {
+                    continue;
+                }
+                up.refuse_unsupported(&xattrs, &child_path)?;
+                self.layers.taken_from_upper(&child_path);
+                let meta = meta_from_stat(&entry.stat, up.strip_xattrs(xattrs));
+                if let Some(slot) = self.entry_slot_meta(&dir, &entry, &child_path, meta)? {
+                    self.entries += 1;
+                    slots.push((entry.name, slot));
+                }
+            }
+        } else {
+            for entry in listing {
+                let child_path = join_path(&path, &entry.name);
+                if let Some(slot) = self.entry_slot(&dir, &entry, &child_path)? {
+                    self.entries += 1;
+                    slots.push((entry.name, slot));
+                }
             }
         }
         self.dirs[idx].entries = slots;
@@ -278,9 +358,20 @@ impl Walk<'_> {
     }
 
     fn entry_slot(&mut self, dir: &Arc<Dir>, e: &ScanEntry, path: &[u8]) -> Result<Option<Slot>> {
-        let st = &e.stat;
         let xattrs = dir.read_xattrs(&e.name, e.kind)?;
-        let meta = meta_from_stat(st, xattrs);
+        let meta = meta_from_stat(&e.stat, xattrs);
+        self.entry_slot_meta(dir, e, path, meta)
+    }
+
+    /// The slot of one entry whose metadata is already read; `None` for a skipped socket.
+    fn entry_slot_meta(
+        &mut self,
+        dir: &Arc<Dir>,
+        e: &ScanEntry,
+        path: &[u8],
+        meta: Meta,
+    ) -> Result<Option<Slot>> {
+        let st = &e.stat;
         let content = match e.kind {
             FileKind::Socket => {
                 self.warnings
@@ -289,7 +380,7 @@ impl Walk<'_> {
             }
             FileKind::Dir => {
                 let child = Arc::new(dir.open_dir(&e.name)?);
-                let idx = self.walk_dir(child, path.to_vec(), meta)?;
+                let idx = self.walk_dir(child, path.to_vec(), meta, None)?;
                 return Ok(Some(Slot::Dir(idx)));
             }
             FileKind::Symlink => Content::Symlink {

@@ -7,6 +7,7 @@ mod fixture;
 mod gc;
 mod roundtrip;
 mod safety;
+mod upper;
 
 use super::*;
 use crate::model::Ref;

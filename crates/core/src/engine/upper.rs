@@ -1,0 +1,396 @@
+//! Upper-layer ingest: an overlayfs upper directory merged over the base tree its lower serves.
+//!
+//! A mounted machine's writes all land in its upper directory, so a checkpoint walks only that:
+//! every entry the upper lacks is taken from the base tree by id, unread. In the upper:
+//!
+//! - a whiteout (a 0/0 character device) deletes the base entry of its name;
+//! - a directory that is opaque (`<prefix>opaque` = `y`) replaces the base one, as does any
+//!   directory whose base entry is not a directory; any other upper directory merges over the
+//!   base directory of its name, recursively;
+//! - every other upper entry replaces the base entry of its name;
+//! - the upper directory's own metadata is the merged directory's (overlayfs copies a directory
+//!   up, times included, before it changes anything inside it).
+//!
+//! `<prefix>` is `trusted.overlay.` when the overlay is mounted by root and `user.overlay.` in a
+//! user namespace. Overlay-private xattrs are never part of a tree; an escaped one
+//! (`<prefix>overlay.X`, how overlayfs stores a user's own `<prefix>X`) is unescaped.
+//! Redirected directories and metadata-only copy-ups are refused: cairn mounts with
+//! `redirect_dir=off` and `metacopy=off`, so one means the upper was not written by that mount.
+//!
+//! Hardlinks: overlayfs (without `index`) breaks a hardlink when one of its paths is copied up,
+//! so a base hardlink group can lose members, including its leader. Upper groups are whole in
+//! the upper and the walk sees their paths in tree order, so they need nothing special. When a
+//! shadowed base entry held a hardlink, the merged tree is walked once more and every base group
+//! is re-formed from the members still visible: the first becomes the leader, `nlink` is
+//! recounted. That walk reads every tree, so it runs only when a group was touched.
+
+use super::blobs::{BlobSource, BlobWriter};
+use super::restore::{lookup_path, root_node};
+use super::{EngineError, Result, join_path};
+use crate::model::{Content, Entry, Node, Tree, TreeId, Xattr};
+use crate::rootfs::{FileKind, ScanEntry};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// The xattr prefix overlayfs uses for its private attributes when mounted by root.
+pub(crate) const TRUSTED_PREFIX: &[u8] = b"trusted.overlay.";
+// An overlay mounted in a user namespace (`userxattr`) uses `user.overlay.` instead; its
+// constant joins this one when such mounts land.
+
+/// The base an upper layer is merged over.
+pub(crate) struct UpperBase<'a> {
+    pub src: &'a BlobSource<'a>,
+    /// The base checkpoint's root tree (the one holding the `root` entry).
+    pub root: TreeId,
+    /// The base checkpoint's entry count and logical bytes, adjusted by what the upper shadows.
+    pub entries: u64,
+    pub logical: u64,
+    /// `TRUSTED_PREFIX` or `USER_PREFIX`.
+    pub xattr_prefix: &'static [u8],
+}
+
+impl UpperBase<'_> {
+    /// The base machine directory's tree.
+    pub(crate) fn base_top(&self) -> Result<Arc<Tree>> {
+        let top = root_node(self.src, self.root)?;
+        match top.content {
+            Content::Dir { tree } => self.src.tree(tree),
+            _ => Err(EngineError::Corrupt {
+                what: format!("checkpoint root {}", self.root.short()),
+                reason: "the machine entry is not a directory".to_owned(),
+            }),
+        }
+    }
+
+    /// The tree of a base node if it is a directory.
+    pub(crate) fn dir_below(&self, node: &Node) -> Result<Option<Arc<Tree>>> {
+        match node.content {
+            Content::Dir { tree } => Ok(Some(self.src.tree(tree)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn private(&self, name: &[u8]) -> Option<Vec<u8>> {
+        name.strip_prefix(self.xattr_prefix).map(<[u8]>::to_vec)
+    }
+
+    pub(crate) fn is_opaque(&self, xattrs: &[Xattr]) -> bool {
+        xattrs
+            .iter()
+            .any(|x| self.private(&x.name).as_deref() == Some(b"opaque") && x.value == b"y")
+    }
+
+    /// Drops overlay-private xattrs and unescapes escaped ones; the result stays sorted.
+    pub(crate) fn strip_xattrs(&self, xattrs: Vec<Xattr>) -> Vec<Xattr> {
+        let mut out: Vec<Xattr> = xattrs
+            .into_iter()
+            .filter_map(|x| match self.private(&x.name) {
+                None => Some(x),
+                Some(rest) => rest.strip_prefix(b"overlay.").map(|_| Xattr {
+                    name: [self.xattr_prefix, &rest[b"overlay.".len()..]].concat(),
+                    value: x.value,
+                }),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Fails on overlay features whose meaning lives outside the upper entry itself.
+    pub(crate) fn refuse_unsupported(&self, xattrs: &[Xattr], path: &[u8]) -> Result<()> {
+        for x in xattrs {
+            if let Some(rest) = self.private(&x.name)
+                && (rest == b"redirect" || rest == b"metacopy")
+            {
+                return Err(EngineError::Invalid(format!(
+                    "the upper layer entry {} carries an overlay {} attribute; cairn mounts \
+                     with redirect_dir=off and metacopy=off, so this upper was written by \
+                     another mount and cannot be checkpointed",
+                    String::from_utf8_lossy(path),
+                    String::from_utf8_lossy(&rest)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One name of a merged directory listing.
+pub(crate) enum Item {
+    /// Only the base has it: taken as it is.
+    Base(Entry),
+    /// The upper has it, shadowing the base node of that name if there is one.
+    Upper {
+        entry: ScanEntry,
+        base: Option<Node>,
+    },
+}
+
+impl Item {
+    pub(crate) fn name(&self) -> &[u8] {
+        match self {
+            Item::Base(e) => &e.name,
+            Item::Upper { entry, .. } => &entry.name,
+        }
+    }
+}
+
+/// Merges a base directory's entries with an upper listing, both sorted by name.
+pub(crate) fn merge_listing(base: Option<&Tree>, upper: Vec<ScanEntry>) -> Vec<Item> {
+    let base = base.map_or(&[][..], |t| &t.entries[..]);
+    let mut out = Vec::with_capacity(base.len().max(upper.len()));
+    let mut b = base.iter().peekable();
+    for entry in upper {
+        while let Some(e) = b.next_if(|e| e.name < entry.name) {
+            out.push(Item::Base(e.clone()));
+        }
+        let base = b.next_if(|e| e.name == entry.name).map(|e| e.node.clone());
+        out.push(Item::Upper { entry, base });
+    }
+    out.extend(b.cloned().map(Item::Base));
+    out
+}
+
+/// A whiteout: the upper's mark that a lower entry was deleted.
+pub(crate) fn is_whiteout(e: &ScanEntry) -> bool {
+    e.kind == FileKind::CharDev && e.stat.rdev == 0
+}
+
+/// What an upper-layer ingest records while it walks, to account and re-form hardlinks after.
+#[derive(Default)]
+pub(crate) struct Layers {
+    active: bool,
+    /// Directories merged over a base directory (their entries are of both layers).
+    merged: HashSet<Vec<u8>>,
+    /// Entries of merged directories taken from the upper (their subtrees are all upper).
+    upper: HashSet<Vec<u8>>,
+    /// A shadowed base entry held a hardlink: base groups must be re-formed.
+    touched: bool,
+    entries_shadowed: u64,
+    logical_shadowed: u64,
+    /// Trees this ingest wrote, readable before the writer flushes them.
+    trees: HashMap<TreeId, Arc<Tree>>,
+}
+
+/// The merged tree after hardlinks were re-formed, and the corrections to the walk's totals.
+pub(crate) struct Finished {
+    pub top: TreeId,
+    pub entries_delta: i64,
+    pub logical_delta: i64,
+}
+
+impl Layers {
+    pub(crate) fn new(up: Option<&UpperBase<'_>>) -> Layers {
+        Layers {
+            active: up.is_some(),
+            ..Layers::default()
+        }
+    }
+
+    pub(crate) fn merged_dir(&mut self, path: &[u8]) {
+        self.merged.insert(path.to_vec());
+    }
+
+    pub(crate) fn taken_from_upper(&mut self, path: &[u8]) {
+        self.upper.insert(path.to_vec());
+    }
+
+    pub(crate) fn keep_tree(&mut self, id: TreeId, tree: Tree) {
+        if self.active {
+            self.trees.insert(id, Arc::new(tree));
+        }
+    }
+
+    /// A base node at `path` is deleted or replaced by the upper: its subtree leaves the totals.
+    pub(crate) fn shadowed(&mut self, up: &UpperBase<'_>, node: &Node, path: &[u8]) -> Result<()> {
+        let mut stack = vec![node.clone()];
+        while let Some(n) = stack.pop() {
+            self.entries_shadowed += 1;
+            match &n.content {
+                Content::File { size, nlink, .. } => {
+                    self.logical_shadowed += size;
+                    self.touched |= *nlink > 1;
+                }
+                Content::Hardlink { .. } => self.touched = true,
+                Content::Symlink { target } => self.logical_shadowed += target.len() as u64,
+                Content::Dir { tree } => {
+                    let t = up.src.tree(*tree).map_err(|e| in_base(e, path))?;
+                    stack.extend(t.entries.iter().map(|e| e.node.clone()));
+                }
+                Content::CharDev { .. } | Content::BlockDev { .. } | Content::Fifo => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Corrects the totals for what the base contributes and re-forms touched hardlink groups.
+    pub(crate) fn finish(
+        self,
+        up: &UpperBase<'_>,
+        top: TreeId,
+        writer: &BlobWriter<'_>,
+    ) -> Result<Finished> {
+        let mut done = Finished {
+            top,
+            entries_delta: up.entries as i64 - self.entries_shadowed as i64,
+            logical_delta: up.logical as i64 - self.logical_shadowed as i64,
+        };
+        if !self.touched {
+            return Ok(done);
+        }
+        up.src.seed(self.trees.clone());
+        let mut groups = Groups::default();
+        self.collect(up.src, top, &[], false, &mut groups)?;
+        let base_top = root_node(up.src, up.root)?;
+        let mut changes: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
+        for (key, members) in groups.members {
+            let (first_path, first) = &members[0];
+            let count = members.len() as u32;
+            let kept_leader = match &first.content {
+                Content::File { size, extents, .. } if first_path == &key => {
+                    Some((*size, extents.clone()))
+                }
+                _ => None,
+            };
+            let (size, extents) = match kept_leader {
+                Some(x) => x,
+                None => {
+                    let comps: Vec<Vec<u8>> =
+                        key.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+                    match lookup_path(up.src, &base_top, &comps)?.map(|n| n.content) {
+                        Some(Content::File { size, extents, .. }) => {
+                            done.logical_delta += size as i64; // the leader's bytes stay visible
+                            (size, extents)
+                        }
+                        _ => {
+                            return Err(EngineError::Corrupt {
+                                what: format!("base tree {}", up.root.short()),
+                                reason: format!(
+                                    "hardlink leader {} is not a file",
+                                    String::from_utf8_lossy(&key)
+                                ),
+                            });
+                        }
+                    }
+                }
+            };
+            let leader = Node {
+                meta: first.meta.clone(),
+                content: Content::File {
+                    size,
+                    nlink: count,
+                    extents,
+                },
+            };
+            for (i, (path, node)) in members.iter().enumerate() {
+                let want = if i == 0 {
+                    leader.clone()
+                } else {
+                    Node {
+                        meta: node.meta.clone(),
+                        content: Content::Hardlink {
+                            target: first_path.clone(),
+                        },
+                    }
+                };
+                if &want != node {
+                    changes.insert(path.clone(), want);
+                }
+            }
+        }
+        if !changes.is_empty() {
+            done.top = rewrite(up.src, writer, top, &[], &changes)?;
+        }
+        Ok(done)
+    }
+
+    /// Collects the visible members of base hardlink groups, in tree order. `all_base` is true
+    /// inside a subtree taken whole from the base.
+    fn collect(
+        &self,
+        src: &BlobSource<'_>,
+        tree: TreeId,
+        path: &[u8],
+        all_base: bool,
+        groups: &mut Groups,
+    ) -> Result<()> {
+        let t = src.tree(tree)?;
+        for e in &t.entries {
+            let p = join_path(path, &e.name);
+            let base_derived = all_base || !(self.merged.contains(&p) || self.upper.contains(&p));
+            if !all_base && self.upper.contains(&p) {
+                continue;
+            }
+            if base_derived {
+                match &e.node.content {
+                    Content::File { nlink, .. } if *nlink > 1 => groups.add(p.clone(), &p, &e.node),
+                    Content::Hardlink { target } => groups.add(target.clone(), &p, &e.node),
+                    _ => {}
+                }
+            }
+            if let Content::Dir { tree } = e.node.content {
+                self.collect(src, tree, &p, base_derived, groups)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Visible members of one group: (path, node) in tree order.
+type Members = Vec<(Vec<u8>, Node)>;
+
+/// Base hardlink groups by their leader's path in the base, members in tree order.
+#[derive(Default)]
+struct Groups {
+    members: Vec<(Vec<u8>, Members)>,
+    index: HashMap<Vec<u8>, usize>,
+}
+
+impl Groups {
+    fn add(&mut self, key: Vec<u8>, path: &[u8], node: &Node) {
+        let i = *self.index.entry(key.clone()).or_insert_with(|| {
+            self.members.push((key, Vec::new()));
+            self.members.len() - 1
+        });
+        self.members[i].1.push((path.to_vec(), node.clone()));
+    }
+}
+
+/// Rewrites the trees on the paths to `changes` (non-directory nodes by path) bottom-up.
+fn rewrite(
+    src: &BlobSource<'_>,
+    writer: &BlobWriter<'_>,
+    tree: TreeId,
+    path: &[u8],
+    changes: &BTreeMap<Vec<u8>, Node>,
+) -> Result<TreeId> {
+    let mut t = (*src.tree(tree)?).clone();
+    for e in &mut t.entries {
+        let p = join_path(path, &e.name);
+        if let Some(n) = changes.get(&p) {
+            e.node = n.clone();
+        } else if let Content::Dir { tree: sub } = e.node.content {
+            let mut below = p.clone();
+            below.push(b'/');
+            if changes
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&below))
+            {
+                e.node.content = Content::Dir {
+                    tree: rewrite(src, writer, sub, &p, changes)?,
+                };
+            }
+        }
+    }
+    let id = writer.put_tree(&t)?;
+    src.seed(HashMap::from([(id, Arc::new(t))]));
+    Ok(id)
+}
+
+fn in_base(e: EngineError, path: &[u8]) -> EngineError {
+    EngineError::Corrupt {
+        what: format!("the base of {}", String::from_utf8_lossy(path)),
+        reason: e.to_string(),
+    }
+}
