@@ -13,8 +13,8 @@ mod store;
 pub use catalog::{AuditRow, MachineKind};
 pub use engine::{
     Change, ChangeKind, CheckOptions, CheckReport, CheckpointInfo, CheckpointOptions,
-    CheckpointReport, CheckpointUsage, CreateMachineOptions, DuReport, EngineError, Finding,
-    ForkOptions, GcOptions, GcReport, MachineInfo, MachineUsage, NoProgress, Progress,
-    RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport,
+    CheckpointReport, CheckpointUsage, CreateMachineOptions, CreateMountedOptions, DuReport,
+    EngineError, Finding, ForkOptions, GcOptions, GcReport, MachineInfo, MachineUsage, MountedInfo,
+    NoProgress, Phase, Progress, RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};

@@ -1,16 +1,18 @@
 //! Machines: insert, look up, list, delete, and the head / pending / next-version fields.
 
 use super::{
-    Catalog, CatalogError, CheckpointKey, Ctx, MachineKey, MachineKind, MachineRow, u64_col,
+    Base, Catalog, CatalogError, CheckpointKey, Ctx, MachineKey, MachineKind, MachineRow, id_col,
+    to_i64, u64_col,
 };
+use crate::model::TreeId;
 use rusqlite::{OptionalExtension, Row, params};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-const MACHINE_COLS: &str =
-    "SELECT id, uid, name, dir, kind, created_at, head, next_version, pending FROM machines";
+const MACHINE_COLS: &str = "SELECT id, uid, name, dir, kind, created_at, head, next_version, \
+     pending, base, base_entries, base_logical FROM machines";
 
 fn machine_from_row(row: &Row<'_>) -> rusqlite::Result<MachineRow> {
     let dir: Vec<u8> = row.get(3)?;
@@ -24,6 +26,14 @@ fn machine_from_row(row: &Row<'_>) -> rusqlite::Result<MachineRow> {
         head: row.get(6)?,
         next_version: u64_col(row, 7)?,
         pending: row.get(8)?,
+        base: match row.get_ref(9)? {
+            rusqlite::types::ValueRef::Null => None,
+            _ => Some(Base {
+                root: id_col(row, 9, TreeId::from_slice)?,
+                entries: u64_col(row, 10)?,
+                logical_bytes: u64_col(row, 11)?,
+            }),
+        },
     })
 }
 
@@ -179,6 +189,41 @@ impl Catalog {
             return Err(CatalogError::MachineNotFound { id });
         }
         Ok(())
+    }
+
+    /// Sets a mounted machine's base, and with it the head and the journal, in one transaction:
+    /// a rebase (restore or fork of a mounted machine) is one atomic step.
+    pub fn set_base(
+        &self,
+        id: MachineKey,
+        base: &Base,
+        head: Option<CheckpointKey>,
+        pending: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        const OP: &str = "set a machine's base";
+        let tx = self.write_tx(OP)?;
+        if let Some(cp) = head {
+            self.require_checkpoint(cp)?;
+        }
+        let n = self
+            .conn
+            .execute(
+                "UPDATE machines SET base = ?2, base_entries = ?3, base_logical = ?4, head = ?5, \
+                 pending = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    base.root.as_bytes(),
+                    to_i64(base.entries, "base entries")?,
+                    to_i64(base.logical_bytes, "base logical bytes")?,
+                    head,
+                    pending
+                ],
+            )
+            .ctx(OP)?;
+        if n == 0 {
+            return Err(CatalogError::MachineNotFound { id });
+        }
+        tx.commit(OP)
     }
 
     /// Points the machine's live state at `head` (any machine's checkpoint) or at nothing.

@@ -94,6 +94,17 @@ pub struct MachineRow {
     pub next_version: u64,
     /// JSON journal of an interrupted restore, for the engine to resume or roll back.
     pub pending: Option<String>,
+    /// A mounted machine's base: the tree its lower layer serves.
+    pub base: Option<Base>,
+}
+
+/// The tree a mounted machine's lower layer serves, with its totals, so an upper-layer ingest
+/// can account for what it does not walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Base {
+    pub root: TreeId,
+    pub entries: u64,
+    pub logical_bytes: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

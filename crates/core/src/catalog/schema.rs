@@ -102,7 +102,15 @@ CREATE TABLE meta (
 INSERT INTO meta (key, value) VALUES ('gc_epoch', 0);
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Mounted machines: the tree their lower layer serves. gc keeps it alive even when no
+/// checkpoint names it any more.
+const V3: &str = "
+ALTER TABLE machines ADD COLUMN base BLOB CHECK (base IS NULL OR length(base) = 32);
+ALTER TABLE machines ADD COLUMN base_entries INTEGER NOT NULL DEFAULT 0 CHECK (base_entries >= 0);
+ALTER TABLE machines ADD COLUMN base_logical INTEGER NOT NULL DEFAULT 0 CHECK (base_logical >= 0);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -4,12 +4,13 @@
 //! then the manifest object is durable, then one catalog transaction inserts the row and moves
 //! the machine's head. "Created" is reported only after that transaction commits.
 
-use super::blobs::BlobWriter;
+use super::blobs::{BlobSource, BlobWriter};
 use super::ingest::{IngestOptions, ingest};
 use super::manifest::{self, CheckpointManifest};
 use super::statcache::StatCache;
+use super::upper::{TRUSTED_PREFIX, UpperBase};
 use super::{EngineError, Progress, Repo, Result, now_ns};
-use crate::catalog::{CheckpointRow, MachineRow, NewCheckpoint};
+use crate::catalog::{CheckpointRow, MachineKind, MachineRow, NewCheckpoint};
 use crate::model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name};
 use crate::rootfs::Dir;
 
@@ -95,6 +96,36 @@ impl Repo {
         let cache_path = self.machine_state_dir(&m.uid).join("statcache");
         let cache = StatCache::load(&cache_path);
         let epoch = self.catalog.gc_epoch()?;
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8);
+        if m.kind == MachineKind::Mounted {
+            // Only the upper layer is walked; the base fills in everything it lacks.
+            let base = m.base.ok_or_else(|| EngineError::Corrupt {
+                what: format!("mounted machine {}", m.name),
+                reason: "it has no base tree".to_owned(),
+            })?;
+            let upper_dir = self.layout(m).upper;
+            let root = Dir::open(&upper_dir).map_err(|e| EngineError::BadDir {
+                path: upper_dir.clone(),
+                reason: format!("{e}; the machine's upper layer is missing"),
+            })?;
+            let src = BlobSource::new(&self.store, &self.catalog_path())?;
+            let opts = IngestOptions {
+                progress,
+                cache: &cache,
+                trust_cache: cache.epoch == epoch,
+                workers,
+                upper: Some(UpperBase {
+                    src: &src,
+                    root: base.root,
+                    entries: base.entries,
+                    logical: base.logical_bytes,
+                    xattr_prefix: TRUSTED_PREFIX,
+                }),
+            };
+            return Ok((ingest(&root, writer, &opts)?, epoch));
+        }
         let root = Dir::open(&m.dir).map_err(|e| EngineError::BadDir {
             path: m.dir.clone(),
             reason: format!(
@@ -106,9 +137,7 @@ impl Repo {
             progress,
             cache: &cache,
             trust_cache: cache.epoch == epoch,
-            workers: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .min(8),
+            workers,
             upper: None,
         };
         Ok((ingest(&root, writer, &opts)?, epoch))

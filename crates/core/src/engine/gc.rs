@@ -110,6 +110,14 @@ impl Repo {
             })?;
             progress.advance(1);
         }
+        // A mounted machine's base is served by its lower layer even if no checkpoint names it.
+        for m in self.catalog.machines()? {
+            if let Some(b) = m.base {
+                walk_reachable(&src, b.root, &mut seen, &mut |id| {
+                    reachable.insert(id);
+                })?;
+            }
+        }
         let mut per_pack: HashMap<_, (u64, u64, Vec<BlobLoc>)> = HashMap::new();
         self.catalog.for_each_blob(&mut |loc| {
             let e = per_pack.entry(loc.pack).or_insert((0, 0, Vec::new()));

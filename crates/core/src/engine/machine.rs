@@ -107,8 +107,18 @@ impl Repo {
         ))
     }
 
-    /// Adds the catalog row and manifest of a new machine whose directory is ready.
+    /// Adds the catalog row and manifest of a new directory machine whose directory is ready.
     pub(crate) fn register_machine(&self, name: &str, dir: &Path) -> Result<MachineRow> {
+        self.register_machine_kind(name, dir, MachineKind::Dir)
+    }
+
+    /// Adds the catalog row and manifest of a new machine of `kind`.
+    pub(crate) fn register_machine_kind(
+        &self,
+        name: &str,
+        dir: &Path,
+        kind: MachineKind,
+    ) -> Result<MachineRow> {
         let uid = manifest::new_uid();
         let created_at = now_ns();
         manifest::put_machine(
@@ -118,13 +128,14 @@ impl Repo {
                 uid: uid.clone(),
                 name: name.to_owned(),
                 dir: dir.as_os_str().as_encoded_bytes().to_vec(),
-                kind: "dir".to_owned(),
+                kind: kind.as_str().to_owned(),
                 created_at,
+                base: None,
             },
         )?;
         Ok(self
             .catalog
-            .insert_machine(&uid, name, dir, MachineKind::Dir, created_at)?)
+            .insert_machine(&uid, name, dir, kind, created_at)?)
     }
 
     /// An existing directory to track in place.

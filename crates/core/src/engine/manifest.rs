@@ -19,6 +19,9 @@ pub(crate) struct MachineManifest {
     pub dir: Vec<u8>,
     pub kind: String,
     pub created_at: i64,
+    /// A mounted machine's base (the tree its lower layer serves); rewritten on every rebase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::catalog::Base>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

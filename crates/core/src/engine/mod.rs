@@ -16,12 +16,10 @@ mod lock;
 mod machine;
 mod manifest;
 mod materialize;
+mod mounted;
 mod repair;
 mod restore;
 mod statcache;
-// Upper-layer ingest is exercised by its tests; the mounted-machine checkpoint that calls it
-// lands with the overlay, and this allowance goes with it.
-#[cfg_attr(not(test), allow(dead_code))]
 mod upper;
 mod usage;
 mod view;
@@ -32,6 +30,7 @@ pub use diff::{Change, ChangeKind};
 pub use error::EngineError;
 pub use gc::{GcOptions, GcReport};
 pub use machine::{CreateMachineOptions, MachineInfo};
+pub use mounted::{CreateMountedOptions, MountedInfo};
 pub use repair::RebuildReport;
 pub use restore::{ForkOptions, RestoreOptions, RestoreReport};
 pub use usage::{CheckpointUsage, DuReport, MachineUsage};
@@ -50,6 +49,22 @@ pub trait Progress: Send + Sync {
     fn phase(&self, name: &str, total: Option<u64>);
     /// `n` more bytes (or items) of the current phase are done.
     fn advance(&self, n: u64);
+}
+
+/// One timed phase of an operation, as reports show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    pub ms: f64,
+}
+
+impl Phase {
+    pub(crate) fn since(name: &'static str, t: std::time::Instant) -> Phase {
+        Phase {
+            name,
+            ms: t.elapsed().as_secs_f64() * 1e3,
+        }
+    }
 }
 
 /// Progress that goes nowhere.

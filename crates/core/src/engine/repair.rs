@@ -162,6 +162,9 @@ impl Repo {
                 };
                 let dir = PathBuf::from(OsString::from_vec(m.dir.clone()));
                 let row = cat.insert_machine(&m.uid, &m.name, &dir, kind, m.created_at)?;
+                if let Some(base) = &m.base {
+                    cat.set_base(row.id, base, None, None)?;
+                }
                 keys.insert(m.uid.clone(), row.id);
                 report.machines += 1;
             }

@@ -53,6 +53,9 @@ pub struct RestoreReport {
     /// An interrupted restore that this command completed first, if any.
     pub completed_interrupted: Option<String>,
     pub warnings: Vec<String>,
+    /// Where the time went, for a mounted machine (stop, ingest, commit, remount, start).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<super::Phase>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -76,8 +79,13 @@ impl Repo {
             let _lock = self.lock_machine(&m.name, "restore")?;
             let completed = self.complete_interrupted(&m, progress)?;
             let m = self.machine_row(&m.name)?;
-            let mut report =
-                self.restore_locked(&m, &target, opts.path.clone().or(r.path.clone()), progress)?;
+            let path = opts.path.clone().or(r.path.clone());
+            if m.kind == crate::catalog::MachineKind::Mounted {
+                let mut report = self.restore_mounted(&m, &target, path, progress)?;
+                report.completed_interrupted = completed;
+                return Ok(report);
+            }
+            let mut report = self.restore_locked(&m, &target, path, progress)?;
             report.completed_interrupted = completed;
             Ok(report)
         })();
@@ -97,6 +105,60 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let session = self.begin_session("restore")?;
+        let (undo, live, epoch) = self.undo_point_live(m, target, progress)?;
+        // Step 3: the journal.
+        let journal = Journal {
+            op: "restore".to_owned(),
+            target: target.id,
+            target_ref: format!("{}@v{}", target.machine, target.version),
+            path: path.clone(),
+        };
+        self.catalog.set_pending(
+            m.id,
+            Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")),
+        )?;
+        // Step 4.
+        let mut cache = live.cache;
+        cache.epoch = epoch;
+        let applied = self.materialize_into(
+            m,
+            live.root,
+            target.root,
+            path.as_deref(),
+            Default::default(),
+            progress,
+            &mut cache,
+        )?;
+        // Step 5.
+        if path.is_none() {
+            self.catalog.set_head(m.id, Some(target.id))?;
+        }
+        self.catalog.set_pending(m.id, None)?;
+        if let Err(e) = cache.save(&self.machine_state_dir(&m.uid).join("statcache")) {
+            tracing::warn!("could not save the stat cache: {e}");
+        }
+        drop(session);
+        Ok(RestoreReport {
+            target: journal.target_ref,
+            undo: Some(format!("{}@v{}", m.name, undo.version)),
+            written_files: applied.written_files,
+            written_bytes: applied.written_bytes,
+            removed: applied.removed,
+            metadata_only: applied.metadata_only,
+            completed_interrupted: None,
+            warnings: live.warnings.into_iter().chain(applied.warnings).collect(),
+            phases: Vec::new(),
+        })
+    }
+
+    /// Step 2 of restore: commits the live state as an automatic checkpoint unless one has
+    /// its root already, and returns that checkpoint with the live ingest.
+    fn undo_point_live(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        progress: &dyn Progress,
+    ) -> Result<(CheckpointRow, super::ingest::Ingested, u64)> {
         // Step 2: the undo point.
         let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
         let (live, epoch) = self.ingest_live(m, &writer, progress)?;
@@ -140,48 +202,18 @@ impl Repo {
                 row
             }
         };
-        // Step 3: the journal.
-        let journal = Journal {
-            op: "restore".to_owned(),
-            target: target.id,
-            target_ref: format!("{}@v{}", target.machine, target.version),
-            path: path.clone(),
-        };
-        self.catalog.set_pending(
-            m.id,
-            Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")),
-        )?;
-        // Step 4.
-        let mut cache = live.cache;
-        cache.epoch = epoch;
-        let applied = self.materialize_into(
-            m,
-            live.root,
-            target.root,
-            path.as_deref(),
-            Default::default(),
-            progress,
-            &mut cache,
-        )?;
-        // Step 5.
-        if path.is_none() {
-            self.catalog.set_head(m.id, Some(target.id))?;
-        }
-        self.catalog.set_pending(m.id, None)?;
-        if let Err(e) = cache.save(&self.machine_state_dir(&m.uid).join("statcache")) {
-            tracing::warn!("could not save the stat cache: {e}");
-        }
-        drop(session);
-        Ok(RestoreReport {
-            target: journal.target_ref,
-            undo: Some(format!("{}@v{}", m.name, undo.version)),
-            written_files: applied.written_files,
-            written_bytes: applied.written_bytes,
-            removed: applied.removed,
-            metadata_only: applied.metadata_only,
-            completed_interrupted: None,
-            warnings: live.warnings.into_iter().chain(applied.warnings).collect(),
-        })
+        Ok((undo, live, epoch))
+    }
+
+    /// The undo point of a restore, for callers that need only the checkpoint.
+    pub(crate) fn undo_point(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        progress: &dyn Progress,
+    ) -> Result<CheckpointRow> {
+        let _session = self.begin_session("restore")?;
+        Ok(self.undo_point_live(m, target, progress)?.0)
     }
 
     /// Applies the differences between `from` (what the directory holds) and `to`, at the root
@@ -248,6 +280,9 @@ impl Repo {
         let Some(text) = &m.pending else {
             return Ok(None);
         };
+        if m.kind == crate::catalog::MachineKind::Mounted {
+            return self.complete_rebase(m, text);
+        }
         let journal: Journal = serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
             what: format!("the restore journal of machine {}", m.name),
             reason: e.to_string(),
@@ -350,6 +385,7 @@ impl Repo {
                 metadata_only: 0,
                 completed_interrupted: None,
                 warnings: applied.warnings,
+                phases: Vec::new(),
             })
         })();
         let detail = result

@@ -5,6 +5,7 @@ mod check;
 mod concurrency;
 mod fixture;
 mod gc;
+mod mounted;
 mod roundtrip;
 mod safety;
 mod upper;

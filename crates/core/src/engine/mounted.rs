@@ -1,0 +1,429 @@
+//! Mounted machines: an overlay whose lower layer is a read-only view of a base tree and whose
+//! upper layer is a local directory that takes every write.
+//!
+//! State under `machines/<uid>/`: `upper/` and `work/` (the overlay's), `lower/` (where the view
+//! of the base is mounted while the machine is up). The catalog row holds the base (root tree
+//! and totals); gc keeps it alive whether or not a checkpoint still names it.
+//!
+//! - A checkpoint ingests only the upper, merged over the base (`upper.rs`).
+//! - Restore and fork **rebase**: the base becomes the target tree and the upper starts empty.
+//!   Nothing is copied, so both are O(1) apart from remounting.
+//!
+//! Rebase protocol (restore of a mounted machine):
+//! 1. Machine lock; complete an interrupted rebase first.
+//! 2. Commit the live state (upper over base) as an automatic checkpoint, the undo point,
+//!    unless a checkpoint already has that root.
+//! 3. Write the journal (`pending`: op `rebase`, target).
+//! 4. Rename `upper/` to `upper.old-<ns>/` and make a fresh `upper/` carrying the target root
+//!    directory's metadata (fsync the state directory).
+//! 5. One catalog transaction: base, head and journal cleared.
+//! 6. Remove `upper.old-*` and reset `work/`.
+//!
+//! A crash after 3 is completed by the next command on the machine: the undo point is
+//! committed, so the old upper can be dropped, and steps 4–6 are idempotent.
+
+use super::blobs::BlobSource;
+use super::checkpoint::CheckpointOptions;
+use super::machine::{clone_err, is_root};
+use super::restore::RestoreReport;
+use super::restore::root_node;
+use super::{EngineError, Phase, Progress, Repo, Result, now_ns};
+use crate::catalog::{Base, CheckpointRow, MachineKind, MachineRow};
+use crate::model::{Content, Ref, Tree, TreeId, validate_machine_name};
+use crate::rootfs::{ApplyOptions, Dir};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Inputs of `machine create --mounted`.
+#[derive(Clone, Debug)]
+pub struct CreateMountedOptions {
+    pub name: String,
+    /// Where the machine appears while it is up [default: `$CAIRN_HOME/machines/NAME/root`].
+    pub at: Option<PathBuf>,
+    /// Start from this checkpoint (of any machine); `None` starts empty.
+    pub from: Option<Ref>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct RebaseJournal {
+    pub op: String,
+    pub target: i64,
+    pub target_ref: String,
+}
+
+/// Paths of a mounted machine's state.
+pub(crate) struct Layout {
+    pub state: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub lower: PathBuf,
+}
+
+impl Repo {
+    pub(crate) fn layout(&self, m: &MachineRow) -> Layout {
+        let state = self.machine_state_dir(&m.uid);
+        Layout {
+            upper: state.join("upper"),
+            work: state.join("work"),
+            lower: state.join("lower"),
+            state,
+        }
+    }
+
+    /// Creates a mounted machine over a checkpoint (O(1): its tree becomes the base and the
+    /// machine's v1) or over an empty tree.
+    pub fn create_mounted_machine(&self, opts: &CreateMountedOptions) -> Result<MountedInfo> {
+        let result = self.create_mounted_inner(opts);
+        let detail = result
+            .as_ref()
+            .map(|i| i.at.display().to_string())
+            .map_err(clone_err);
+        self.audit("machine-create", Some(&opts.name), None, &detail);
+        result
+    }
+
+    fn create_mounted_inner(&self, opts: &CreateMountedOptions) -> Result<MountedInfo> {
+        validate_machine_name(&opts.name)?;
+        if self.catalog.machine(&opts.name)?.is_some() {
+            return Err(EngineError::Invalid(format!(
+                "machine {} already exists; pick another name or `cairn machine rm {}` first",
+                opts.name, opts.name
+            )));
+        }
+        let source = match &opts.from {
+            Some(r) => Some(self.resolve(r)?),
+            None => None,
+        };
+        let _lock = self.lock_machine(&opts.name, "machine create")?;
+        let at = self.mountpoint_for(&opts.name, opts.at.as_deref())?;
+        let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted)?;
+        let (base, head) = match &source {
+            Some((src_m, c)) => {
+                let note = format!("created from {}@v{}", src_m.name, c.version);
+                (Self::base_of(c), Some(self.adopt_checkpoint(&m, c, note)?))
+            }
+            None => (self.empty_base()?, None),
+        };
+        self.fresh_upper(&m, &base)?;
+        self.put_base_manifest(&m, &base)?;
+        self.catalog
+            .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
+        self.mounted_info(&self.machine_row(&m.name)?)
+    }
+
+    /// Where a mounted machine appears: `at`, or its default under the home.
+    fn mountpoint_for(&self, name: &str, at: Option<&Path>) -> Result<PathBuf> {
+        match at {
+            Some(p) => self.prepare_new_dir(p),
+            None => {
+                let p = self.home.join("machines").join(name).join("root");
+                std::fs::create_dir_all(&p).map_err(|source| EngineError::Io {
+                    op: "create directory",
+                    path: p.clone(),
+                    source,
+                })?;
+                Ok(p)
+            }
+        }
+    }
+
+    fn base_of(c: &CheckpointRow) -> Base {
+        Base {
+            root: c.root,
+            entries: c.entries,
+            logical_bytes: c.logical_bytes,
+        }
+    }
+
+    /// Records checkpoint `c` (of any machine) as the next checkpoint of `m`: metadata only.
+    fn adopt_checkpoint(
+        &self,
+        m: &MachineRow,
+        c: &CheckpointRow,
+        note: String,
+    ) -> Result<CheckpointRow> {
+        let opts = CheckpointOptions {
+            name: None,
+            note,
+            auto: false,
+        };
+        let m = self.machine_row(&m.name)?;
+        self.commit(&m, &c.root, &opts, Some(c), c.logical_bytes, c.entries, 0)
+    }
+
+    /// The base of an empty machine: a root directory owned by the caller, mode 0755.
+    fn empty_base(&self) -> Result<Base> {
+        let _session = self.begin_session("machine create")?;
+        let writer = super::blobs::BlobWriter::new(&self.store, &self.catalog_path())?;
+        let top = writer.put_tree(&Tree::default())?;
+        let meta = crate::model::Meta {
+            mode: 0o755,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: crate::model::Timestamp {
+                secs: now_ns() / 1_000_000_000,
+                nanos: (now_ns() % 1_000_000_000) as u32,
+            },
+            xattrs: Vec::new(),
+        };
+        let root = writer.put_tree(&Tree {
+            entries: vec![crate::model::Entry {
+                name: super::ingest::ROOT_ENTRY.to_vec(),
+                node: crate::model::Node {
+                    meta,
+                    content: Content::Dir { tree: top },
+                },
+            }],
+        })?;
+        writer.flush()?;
+        Ok(Base {
+            root,
+            entries: 0,
+            logical_bytes: 0,
+        })
+    }
+
+    /// Makes an empty upper (and work) directory whose root carries the base root's metadata,
+    /// which the overlay shows as the machine directory's own.
+    fn fresh_upper(&self, m: &MachineRow, base: &Base) -> Result<()> {
+        let l = self.layout(m);
+        for d in [&l.state, &l.lower, &l.work] {
+            mkdir_all(d)?;
+        }
+        let tmp = l.state.join(format!("upper.new-{}", now_ns()));
+        mkdir_all(&tmp)?;
+        let top = {
+            let src = BlobSource::new(&self.store, &self.catalog_path())?;
+            root_node(&src, base.root)?
+        };
+        Dir::open(&tmp)?.set_own_meta(&top.meta, &ApplyOptions { owners: is_root() })?;
+        if l.upper.exists() {
+            let old = l.state.join(format!("upper.old-{}", now_ns()));
+            rename(&l.upper, &old)?;
+        }
+        rename(&tmp, &l.upper)?;
+        fsync_dir(&l.state)?;
+        Ok(())
+    }
+
+    /// Rewrites the machine manifest with its new base, so a rebuilt catalog knows it.
+    fn put_base_manifest(&self, m: &MachineRow, base: &Base) -> Result<()> {
+        super::manifest::put_machine(
+            &self.store,
+            &super::manifest::MachineManifest {
+                format: super::manifest::FORMAT,
+                uid: m.uid.clone(),
+                name: m.name.clone(),
+                dir: m.dir.as_os_str().as_encoded_bytes().to_vec(),
+                kind: m.kind.as_str().to_owned(),
+                created_at: m.created_at,
+                base: Some(*base),
+            },
+        )
+    }
+
+    /// Removes what earlier rebases left: old upper layers and the overlay's work files.
+    fn sweep_state(&self, m: &MachineRow) {
+        let l = self.layout(m);
+        if let Ok(rd) = std::fs::read_dir(&l.state) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let n = name.as_encoded_bytes();
+                if n.starts_with(b"upper.old-") || n.starts_with(b"upper.new-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if !self.is_up(m) {
+            let _ = std::fs::remove_dir_all(&l.work);
+            let _ = std::fs::create_dir_all(&l.work);
+        }
+    }
+
+    /// Restore of a mounted machine: record the undo point, then rebase onto `target`. A
+    /// machine that is up is stopped first and started again after.
+    pub(crate) fn restore_mounted(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        path: Option<Vec<Vec<u8>>>,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
+        if path.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(EngineError::Invalid(format!(
+                "a mounted machine is restored whole; to bring back one path, copy it out of \
+                 `cairn mount {}@v{} DIR` into the running machine",
+                target.machine, target.version
+            )));
+        }
+        let mut phases = Vec::new();
+        let t = Instant::now();
+        let undo = self.undo_point(m, target, progress)?;
+        phases.push(Phase::since("ingest", t));
+        let t = Instant::now();
+        let journal = RebaseJournal {
+            op: "rebase".to_owned(),
+            target: target.id,
+            target_ref: format!("{}@v{}", target.machine, target.version),
+        };
+        self.catalog.set_pending(
+            m.id,
+            Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")),
+        )?;
+        self.finish_rebase(m, target)?;
+        phases.push(Phase::since("commit", t));
+        Ok(RestoreReport {
+            target: journal.target_ref,
+            undo: Some(format!("{}@v{}", m.name, undo.version)),
+            phases,
+            ..Default::default()
+        })
+    }
+
+    /// Steps 4–6 of the rebase protocol; idempotent, so also the completion after a crash.
+    pub(crate) fn finish_rebase(&self, m: &MachineRow, target: &CheckpointRow) -> Result<()> {
+        let base = Self::base_of(target);
+        self.fresh_upper(m, &base)?;
+        self.put_base_manifest(m, &base)?;
+        self.catalog.set_base(m.id, &base, Some(target.id), None)?;
+        let _ = std::fs::remove_file(self.machine_state_dir(&m.uid).join("statcache"));
+        self.sweep_state(m);
+        Ok(())
+    }
+
+    /// Completes a rebase a crash interrupted, given its journal text.
+    pub(crate) fn complete_rebase(&self, m: &MachineRow, text: &str) -> Result<Option<String>> {
+        let journal: RebaseJournal =
+            serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
+                what: format!("the restore journal of machine {}", m.name),
+                reason: e.to_string(),
+            })?;
+        let Some(target) = self.catalog.checkpoint(journal.target)? else {
+            self.catalog.set_pending(m.id, None)?;
+            return Ok(None);
+        };
+        self.finish_rebase(m, &target)?;
+        self.audit(
+            "restore",
+            Some(&m.name),
+            Some(&journal.target_ref),
+            &Ok("completed an interrupted restore".to_owned()),
+        );
+        Ok(Some(journal.target_ref))
+    }
+
+    /// Forks a checkpoint into new mounted machines: each gets the checkpoint's tree as its
+    /// base and its v1, and an empty upper. O(1) per machine.
+    pub fn fork_mounted(&self, r: &Ref, names: &[String]) -> Result<Vec<MountedInfo>> {
+        let mut out = Vec::new();
+        for name in names {
+            let opts = CreateMountedOptions {
+                name: name.clone(),
+                at: None,
+                from: Some(r.clone()),
+            };
+            let result = self.create_mounted_inner(&opts);
+            let detail = result
+                .as_ref()
+                .map(|i| i.head.clone().unwrap_or_default())
+                .map_err(clone_err);
+            self.audit("fork", Some(name), Some(&r.to_string()), &detail);
+            out.push(result?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn mounted_info(&self, m: &MachineRow) -> Result<MountedInfo> {
+        let head = match m.head {
+            Some(h) => self
+                .catalog
+                .checkpoint(h)?
+                .map(|c| format!("{}@v{}", c.machine, c.version)),
+            None => None,
+        };
+        Ok(MountedInfo {
+            name: m.name.clone(),
+            at: m.dir.clone(),
+            head,
+            base: m.base.map(|b| b.root),
+            up: self.is_up(m),
+        })
+    }
+
+    /// True while the machine's overlay is mounted.
+    pub(crate) fn is_up(&self, m: &MachineRow) -> bool {
+        m.kind == MachineKind::Mounted && is_overlay_at(&m.dir)
+    }
+}
+
+/// A mounted machine as shown to users.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MountedInfo {
+    pub name: String,
+    /// Where the machine appears while it is up.
+    pub at: PathBuf,
+    pub head: Option<String>,
+    /// The tree its lower layer serves.
+    pub base: Option<TreeId>,
+    pub up: bool,
+}
+
+/// True when `path` is the mountpoint of an overlay (read from the mount table).
+pub(crate) fn is_overlay_at(path: &Path) -> bool {
+    let Ok(table) = std::fs::read("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_encoded_bytes();
+    table.split(|&b| b == b'\n').any(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let sep = fields.iter().position(|f| *f == b"-");
+        fields.len() > 4
+            && unescape_mount(fields[4]) == want
+            && sep.is_some_and(|i| fields.get(i + 1) == Some(&&b"overlay"[..]))
+    })
+}
+
+/// The mount table escapes space, tab, newline and backslash as octal.
+pub(crate) fn unescape_mount(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\'
+            && i + 3 < f.len()
+            && f[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(f[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn mkdir_all(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|source| EngineError::Io {
+        op: "create directory",
+        path: p.to_owned(),
+        source,
+    })
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|source| EngineError::Io {
+        op: "rename",
+        path: from.to_owned(),
+        source,
+    })
+}
+
+fn fsync_dir(p: &Path) -> Result<()> {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| EngineError::Io {
+            op: "fsync",
+            path: p.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,167 @@
+//! Mounted machines without the overlay up: the upper layer is written directly, as the
+//! overlay would write it, and checkpoint, restore, fork and gc must treat it as the machine.
+
+use super::fixture::{TestDir, noise};
+use super::*;
+use crate::engine::mounted::CreateMountedOptions;
+
+fn create_box(env: &Env, from: Option<&str>) -> MountedInfo {
+    env.repo
+        .create_mounted_machine(&CreateMountedOptions {
+            name: "box".into(),
+            at: None,
+            from: from.map(r),
+        })
+        .unwrap()
+}
+
+fn upper_of(env: &Env, name: &str) -> std::path::PathBuf {
+    let m = env.repo.machine_row(name).unwrap();
+    env.repo.layout(&m).upper
+}
+
+fn changes(env: &Env, a: &str, b: &str) -> Vec<String> {
+    env.repo
+        .diff(&r(a), Some(&r(b)))
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c.kind.letter(), c.path))
+        .collect()
+}
+
+#[test]
+fn checkpoint_restore_and_fork_move_only_metadata() {
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    adopt(&env.repo, "web", &web);
+    let w1 = checkpoint(&env.repo, "web");
+
+    let info = create_box(&env, Some("web@v1"));
+    assert_eq!(info.head.as_deref(), Some("box@v1"));
+    assert_eq!(
+        info.base,
+        Some(w1.checkpoint.root),
+        "the base is the source tree"
+    );
+    let up = upper_of(&env, "box");
+    assert_eq!(
+        std::fs::read_dir(&up).unwrap().count(),
+        0,
+        "a new upper is empty"
+    );
+    let base_root = std::fs::metadata(web.join("")).unwrap();
+    let up_root = std::fs::metadata(&up).unwrap();
+    assert_eq!(
+        (up_root.mode(), up_root.uid(), up_root.mtime_nsec()),
+        (base_root.mode(), base_root.uid(), base_root.mtime_nsec()),
+        "the upper root carries the machine directory's metadata"
+    );
+
+    // What the overlay would write: a new file, and a whiteout for a deleted one.
+    std::fs::write(up.join("newfile"), noise(5000, 1)).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        up.join("empty"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    let b2 = checkpoint(&env.repo, "box");
+    assert_eq!(b2.checkpoint.id, "box@v2");
+    assert_eq!(b2.read_bytes, 5000, "only the upper is read");
+    assert_eq!(
+        changes(&env, "box@v1", "box@v2"),
+        vec!["M /", "D /empty", "A /newfile"],
+        "the root's mtime moved with the writes inside it"
+    );
+    assert_eq!(
+        b2.checkpoint.entries, w1.checkpoint.entries,
+        "one added, one removed"
+    );
+    assert_eq!(
+        b2.checkpoint.logical_bytes,
+        w1.checkpoint.logical_bytes + 5000
+    );
+
+    // Restore: the undo point is v2 (same root), the upper starts empty, the base is v1.
+    let rep = restore(&env.repo, "box@v1");
+    assert_eq!(rep.undo.as_deref(), Some("box@v2"));
+    assert!(rep.phases.iter().any(|p| p.name == "commit"), "{rep:?}");
+    assert_eq!(std::fs::read_dir(&up).unwrap().count(), 0);
+    let m = env.repo.machine_row("box").unwrap();
+    assert_eq!(m.base.unwrap().root, w1.checkpoint.root);
+    // A change after the restore becomes the undo point of the next one.
+    std::fs::write(up.join("after"), b"x").unwrap();
+    let rep = restore(&env.repo, "box@v2");
+    assert_eq!(rep.undo.as_deref(), Some("box@v3"));
+    let m = env.repo.machine_row("box").unwrap();
+    assert_eq!(m.base.unwrap().root, b2.checkpoint.root);
+    let again = checkpoint(&env.repo, "box");
+    assert!(again.unchanged, "an empty upper over v2 is v2");
+    assert_eq!(again.read_bytes, 0);
+
+    // Fork: each new machine starts at the checkpoint's tree, nothing read or written.
+    let forks = env
+        .repo
+        .fork_mounted(&r("box@v2"), &["a".to_owned(), "b".to_owned()])
+        .unwrap();
+    for f in &forks {
+        assert_eq!(f.base, Some(b2.checkpoint.root));
+        assert_eq!(f.head.as_deref(), Some(&*format!("{}@v1", f.name)));
+    }
+    assert!(changes(&env, "a@v1", "box@v2").is_empty());
+}
+
+#[test]
+fn gc_keeps_a_base_that_no_checkpoint_names() {
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::new(&web).file(b"only-here", &noise(300_000, 7), 0o644);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    create_box(&env, Some("web@v1"));
+    env.repo.checkpoint_delete(&r("box@v1")).unwrap();
+    env.repo.remove_machine("web").unwrap();
+    for _ in 0..2 {
+        env.repo
+            .gc(
+                &GcOptions {
+                    grace: Duration::ZERO,
+                    repack_below: 0.0,
+                    dry_run: false,
+                },
+                &NoProgress,
+            )
+            .unwrap();
+    }
+    let check = env
+        .repo
+        .check(&CheckOptions { read_data: true }, &NoProgress)
+        .unwrap();
+    assert!(check.ok(), "{:?}", check.findings);
+    // The base is still whole: a checkpoint of the (empty) upper over it reads its data.
+    let c = checkpoint(&env.repo, "box");
+    let mut out = Vec::new();
+    env.repo
+        .cat(&r(&format!("{}:/only-here", c.checkpoint.id)), &mut out)
+        .unwrap();
+    assert_eq!(out, noise(300_000, 7));
+}
+
+#[test]
+fn empty_mounted_machine_takes_what_its_upper_holds() {
+    let env = Env::new();
+    let info = create_box(&env, None);
+    assert_eq!(info.head, None);
+    let up = upper_of(&env, "box");
+    std::fs::create_dir(up.join("etc")).unwrap();
+    std::fs::write(up.join("etc/hostname"), b"box\n").unwrap();
+    let c = checkpoint(&env.repo, "box");
+    assert_eq!(c.checkpoint.id, "box@v1");
+    assert_eq!((c.checkpoint.entries, c.checkpoint.logical_bytes), (2, 4));
+    let mut out = Vec::new();
+    env.repo.cat(&r("box@v1:/etc/hostname"), &mut out).unwrap();
+    assert_eq!(out, b"box\n");
+}
