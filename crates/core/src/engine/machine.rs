@@ -67,23 +67,7 @@ impl Repo {
             Some(_) => self.prepare_new_dir(&opts.dir)?,
         };
         if let Some(tar) = &opts.from_tar {
-            let file = std::fs::File::open(tar).map_err(|source| EngineError::Io {
-                op: "open tarball",
-                path: tar.clone(),
-                source,
-            })?;
-            progress.phase("importing", file.metadata().ok().map(|m| m.len()));
-            let root = Dir::open(&dir)?;
-            let reader = ProgressRead {
-                inner: std::io::BufReader::with_capacity(1 << 20, file),
-                progress,
-            };
-            import_tar(reader, &root, &ApplyOptions { owners: is_root() }).map_err(|e| {
-                EngineError::Import(format!(
-                    "{e}; the partly imported directory {} was left for inspection",
-                    dir.display()
-                ))
-            })?;
+            self.import_tar_into(tar, &dir, progress)?;
         }
         let row = self.register_machine(&opts.name, &dir)?;
         let first = match &opts.from_tar {
@@ -105,6 +89,33 @@ impl Repo {
             self.machine_info_row(&self.catalog.machine_by_id(row.id)?.unwrap_or(row))?,
             first,
         ))
+    }
+
+    /// Imports a plain tar into the (new, empty) directory `dir`.
+    pub(crate) fn import_tar_into(
+        &self,
+        tar: &Path,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let file = std::fs::File::open(tar).map_err(|source| EngineError::Io {
+            op: "open tarball",
+            path: tar.to_owned(),
+            source,
+        })?;
+        progress.phase("importing", file.metadata().ok().map(|m| m.len()));
+        let root = Dir::open(dir)?;
+        let reader = ProgressRead {
+            inner: std::io::BufReader::with_capacity(1 << 20, file),
+            progress,
+        };
+        import_tar(reader, &root, &ApplyOptions { owners: is_root() }).map_err(|e| {
+            EngineError::Import(format!(
+                "{e}; the partly imported directory {} was left for inspection",
+                dir.display()
+            ))
+        })?;
+        Ok(())
     }
 
     /// Adds the catalog row and manifest of a new directory machine whose directory is ready.

@@ -42,6 +42,8 @@ pub struct CreateMountedOptions {
     pub at: Option<PathBuf>,
     /// Start from this checkpoint (of any machine); `None` starts empty.
     pub from: Option<Ref>,
+    /// Start from this plain tar: it is imported and becomes the base and v1.
+    pub from_tar: Option<PathBuf>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -72,8 +74,12 @@ impl Repo {
 
     /// Creates a mounted machine over a checkpoint (O(1): its tree becomes the base and the
     /// machine's v1) or over an empty tree.
-    pub fn create_mounted_machine(&self, opts: &CreateMountedOptions) -> Result<MountedInfo> {
-        let result = self.create_mounted_inner(opts);
+    pub fn create_mounted_machine(
+        &self,
+        opts: &CreateMountedOptions,
+        progress: &dyn Progress,
+    ) -> Result<MountedInfo> {
+        let result = self.create_mounted_inner(opts, progress);
         let detail = result
             .as_ref()
             .map(|i| i.at.display().to_string())
@@ -82,13 +88,22 @@ impl Repo {
         result
     }
 
-    fn create_mounted_inner(&self, opts: &CreateMountedOptions) -> Result<MountedInfo> {
+    fn create_mounted_inner(
+        &self,
+        opts: &CreateMountedOptions,
+        progress: &dyn Progress,
+    ) -> Result<MountedInfo> {
         validate_machine_name(&opts.name)?;
         if self.catalog.machine(&opts.name)?.is_some() {
             return Err(EngineError::Invalid(format!(
                 "machine {} already exists; pick another name or `cairn machine rm {}` first",
                 opts.name, opts.name
             )));
+        }
+        if opts.from.is_some() && opts.from_tar.is_some() {
+            return Err(EngineError::Invalid(
+                "give one of --from and --from-tar, not both".to_owned(),
+            ));
         }
         let source = match &opts.from {
             Some(r) => Some(self.resolve(r)?),
@@ -108,6 +123,23 @@ impl Repo {
         self.put_base_manifest(&m, &base)?;
         self.catalog
             .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
+        if let Some(tar) = &opts.from_tar {
+            // Imported into the empty upper, checkpointed over the empty base, then made the
+            // base itself: the machine starts with an empty upper like any other.
+            self.import_tar_into(tar, &self.layout(&m).upper, progress)?;
+            let m = self.machine_row(&m.name)?;
+            let opts = CheckpointOptions {
+                name: None,
+                note: format!("imported from {}", tar.display()),
+                auto: false,
+            };
+            let v1 = self.checkpoint_locked(&m, &opts, progress)?;
+            let row = self
+                .catalog
+                .checkpoint_by_version(m.id, v1.checkpoint.version)?
+                .ok_or_else(|| EngineError::Invalid("the imported checkpoint vanished".into()))?;
+            self.finish_rebase(&m, &row)?;
+        }
         self.mounted_info(&self.machine_row(&m.name)?)
     }
 
@@ -321,8 +353,9 @@ impl Repo {
                 name: name.clone(),
                 at: None,
                 from: Some(r.clone()),
+                from_tar: None,
             };
-            let result = self.create_mounted_inner(&opts);
+            let result = self.create_mounted_inner(&opts, &super::NoProgress);
             let detail = result
                 .as_ref()
                 .map(|i| i.head.clone().unwrap_or_default())

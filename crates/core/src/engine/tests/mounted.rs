@@ -7,11 +7,15 @@ use crate::engine::mounted::CreateMountedOptions;
 
 fn create_box(env: &Env, from: Option<&str>) -> MountedInfo {
     env.repo
-        .create_mounted_machine(&CreateMountedOptions {
-            name: "box".into(),
-            at: None,
-            from: from.map(r),
-        })
+        .create_mounted_machine(
+            &CreateMountedOptions {
+                name: "box".into(),
+                at: None,
+                from: from.map(r),
+                from_tar: None,
+            },
+            &NoProgress,
+        )
         .unwrap()
 }
 
@@ -164,4 +168,33 @@ fn empty_mounted_machine_takes_what_its_upper_holds() {
     let mut out = Vec::new();
     env.repo.cat(&r("box@v1:/etc/hostname"), &mut out).unwrap();
     assert_eq!(out, b"box\n");
+}
+
+#[test]
+fn mounted_machine_from_a_tar_starts_with_an_empty_upper() {
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    adopt(&env.repo, "web", &web);
+    let w1 = checkpoint(&env.repo, "web");
+    let tar = env.path("web.tar");
+    let f = std::fs::File::create(&tar).unwrap();
+    env.repo.export(&r("web@v1"), f, &NoProgress).unwrap();
+    let info = env
+        .repo
+        .create_mounted_machine(
+            &CreateMountedOptions {
+                name: "box".into(),
+                at: None,
+                from: None,
+                from_tar: Some(tar),
+            },
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(info.head.as_deref(), Some("box@v1"));
+    assert_eq!(std::fs::read_dir(upper_of(&env, "box")).unwrap().count(), 0);
+    let diff = changes(&env, "web@v1", "box@v1");
+    assert!(diff.is_empty(), "the tar round trip is exact: {diff:?}");
+    assert_eq!(info.base, Some(w1.checkpoint.root));
 }
