@@ -1,0 +1,7 @@
+//! End-to-end tests of the `cairn` binary, run as root: the README tour, every command's
+//! `--json` and exit codes, bad input, fidelity of every entry kind, concurrency, damage, and
+//! the crash harness.
+
+mod crash;
+mod errors;
+mod util;
