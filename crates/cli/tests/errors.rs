@@ -216,3 +216,15 @@ fn help_and_version_exit_0() {
     let v = env.cairn(["machine", "list"]).json();
     assert_eq!(v, serde_json::json!([]));
 }
+
+#[test]
+fn json_usage_errors_name_the_missing_argument() {
+    let env = Env::new();
+    let msg = env.cairn(["machine", "create", "x"]).json_error(2);
+    assert_eq!(
+        msg,
+        "the following required arguments were not provided: --dir <DIR>"
+    );
+    let msg = env.cairn(["export", "web@v1"]).json_error(2);
+    assert!(msg.ends_with("--output <FILE>"), "{msg}");
+}
