@@ -4,4 +4,5 @@
 
 mod crash;
 mod errors;
+mod tour;
 mod util;
