@@ -3,6 +3,7 @@
 //! the crash harness.
 
 mod crash;
+mod damage;
 mod errors;
 mod tour;
 mod util;
