@@ -2,6 +2,7 @@
 //! `--json` and exit codes, bad input, fidelity of every entry kind, concurrency, damage, and
 //! the crash harness.
 
+mod concurrency;
 mod crash;
 mod damage;
 mod errors;
