@@ -238,13 +238,19 @@ pub enum Cmd {
     #[command(
         long_about = "Verify that every checkpoint's trees and data are present and consistent. \
             With --read-data, every pack is read and every chunk re-hashed as well. Exits 1 when \
-            a problem is found, naming the affected checkpoints and paths.",
-        after_help = "Examples:\n  cairn check\n  cairn check --read-data"
+            a problem is found, naming the affected checkpoints and paths.\n\n\
+            A damaged catalog is reported with the checkpoints it hides; --repair rebuilds it from \
+            the store (every pack carries its index, every checkpoint a manifest) and keeps the \
+            damaged file beside it, then checks the result.",
+        after_help = "Examples:\n  cairn check\n  cairn check --read-data\n  cairn check --repair"
     )]
     Check {
         /// Read and re-hash all data, not just the structure
         #[arg(long)]
         read_data: bool,
+        /// Rebuild a damaged catalog from the store first
+        #[arg(long)]
+        repair: bool,
     },
 
     /// List a machine's checkpoints, or with --audit the audit log

@@ -90,7 +90,11 @@ pub enum Command {
     },
     Du,
     Gc(GcOptions),
-    Check(CheckOptions),
+    Check {
+        opts: CheckOptions,
+        /// Rebuild a damaged catalog first.
+        repair: bool,
+    },
     AuditLog {
         machine: Option<String>,
         limit: Option<u64>,
@@ -458,7 +462,10 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
             repack_below: parse_fraction(&repack_below)?,
             dry_run,
         }),
-        Cmd::Check { read_data } => Command::Check(CheckOptions { read_data }),
+        Cmd::Check { read_data, repair } => Command::Check {
+            opts: CheckOptions { read_data },
+            repair,
+        },
         Cmd::Log {
             audit: true,
             machine,

@@ -73,12 +73,25 @@ fn clap_error(e: &clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if JSON.load(Ordering::Relaxed) {
-        let rendered = e.render().to_string();
-        let first = rendered.lines().next().unwrap_or("invalid command line");
-        print_json_error(first.strip_prefix("error: ").unwrap_or(first));
+        print_json_error(&clap_message(&e.render().to_string()));
     }
     let _ = e.print();
     ExitCode::from(u8::try_from(code).unwrap_or(2))
+}
+
+/// The message of a rendered clap error on one line: its first paragraph, which may go on
+/// below the `error:` line (the missing arguments are listed there), without the usage.
+fn clap_message(rendered: &str) -> String {
+    let text = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    match text.strip_prefix("error: ").unwrap_or(&text) {
+        "" => "invalid command line".to_owned(),
+        t => t.to_owned(),
+    }
 }
 
 fn usage_error(e: &UsageError) -> ExitCode {
@@ -177,6 +190,20 @@ mod tests {
         assert!(!wants_json(&argv(&["cairn", "du"])));
         assert!(!wants_json(&argv(&["cairn", "diff", "--", "--json"])));
         assert!(!wants_json(&argv(&["--json"])));
+    }
+
+    #[test]
+    fn clap_messages_keep_their_whole_first_paragraph() {
+        let rendered = "error: the following required arguments were not provided:\n  --dir <DIR>\n\nUsage: cairn machine create --dir <DIR> <NAME>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_message(rendered),
+            "the following required arguments were not provided: --dir <DIR>"
+        );
+        assert_eq!(
+            clap_message("error: unrecognized subcommand 'bogus'\n\nUsage: cairn"),
+            "unrecognized subcommand 'bogus'"
+        );
+        assert_eq!(clap_message(""), "invalid command line");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use super::Status;
 use crate::output::{self, Align, Printer, Table};
 use crate::progress::BarProgress;
-use cairn_core::{CheckOptions, CheckReport, DuReport, GcOptions, GcReport, Repo};
+use cairn_core::{
+    CheckOptions, CheckReport, DuReport, GcOptions, GcReport, RebuildReport, Repo, RepoOptions,
+};
+use serde::Serialize;
 use std::io::{self, Write};
 
 pub fn du(repo: &Repo, p: &Printer) -> anyhow::Result<()> {
@@ -86,15 +89,66 @@ fn write_gc(out: &mut dyn Write, r: &GcReport, opts: &GcOptions) -> io::Result<(
     Ok(())
 }
 
-pub fn check(repo: &Repo, p: &Printer, opts: &CheckOptions) -> anyhow::Result<Status> {
+/// The JSON of `check --repair`: the check's fields, and what the rebuild did (if one ran).
+#[derive(Serialize)]
+struct Repaired<'a> {
+    rebuild: Option<&'a RebuildReport>,
+    #[serde(flatten)]
+    check: &'a CheckReport,
+}
+
+/// `cairn check [--repair]`. A catalog too damaged to open or query is reported as a finding
+/// that names the checkpoints it hides; with `repair` it is rebuilt from the store and checked.
+pub fn check(
+    repo_opts: &RepoOptions,
+    p: &Printer,
+    opts: &CheckOptions,
+    repair: bool,
+) -> anyhow::Result<Status> {
     let progress = BarProgress::new(p.mode);
-    let report = repo.check(opts, &progress)?;
+    let run = || Repo::open(repo_opts).and_then(|repo| repo.check(opts, &progress));
+    let mut rebuilt = None;
+    let mut damaged_catalog = false;
+    let report = match run() {
+        Err(e) if Repo::is_catalog_damage(&e) && repair => {
+            let r = Repo::rebuild_catalog(repo_opts)?;
+            rebuilt = Some(r);
+            run()?
+        }
+        Err(e) if Repo::is_catalog_damage(&e) => {
+            // The report adds the advice to repair; keep it from being said twice.
+            let text = e.to_string();
+            let reason = text
+                .split("; run `cairn check --repair`")
+                .next()
+                .unwrap_or(&text);
+            damaged_catalog = true;
+            Repo::damaged_catalog_report(repo_opts, reason)?
+        }
+        other => other?,
+    };
     progress.clear();
-    p.result(&report, |out| write_check(out, &report))?;
+    if let Some(r) = &rebuilt {
+        p.note(rebuild_summary(r));
+    }
+    if repair {
+        let doc = Repaired {
+            rebuild: rebuilt.as_ref(),
+            check: &report,
+        };
+        p.result(&doc, |out| write_check(out, &report))?;
+    } else {
+        p.result(&report, |out| write_check(out, &report))?;
+    }
     if report.ok() {
         return Ok(Status::Success);
     }
-    if !p.mode.json {
+    if !p.mode.json && damaged_catalog {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "error: the catalog is damaged; `cairn check --repair` rebuilds it from the store"
+        );
+    } else if !p.mode.json {
         let _ = writeln!(
             io::stderr().lock(),
             "error: check found {}; the checkpoints named above cannot be restored exactly: \
@@ -103,6 +157,27 @@ pub fn check(repo: &Repo, p: &Printer, opts: &CheckOptions) -> anyhow::Result<St
         );
     }
     Ok(Status::Failed)
+}
+
+/// `rebuilt the catalog from the store: 2 machines, 5 checkpoints, 9 packs; the damaged one is
+/// at …`.
+fn rebuild_summary(r: &RebuildReport) -> String {
+    let mut s = format!(
+        "rebuilt the catalog from the store: {}, {}, {}",
+        output::count(r.machines, "machine", "machines"),
+        output::count(r.checkpoints, "checkpoint", "checkpoints"),
+        output::count(r.packs, "pack", "packs"),
+    );
+    if let Some(aside) = &r.moved_aside {
+        s.push_str(&format!(
+            "; the damaged catalog is kept at {}",
+            aside.display()
+        ));
+    }
+    for skipped in &r.skipped {
+        s.push_str(&format!("\nskipped (unreadable): {skipped}"));
+    }
+    s
 }
 
 fn write_check(out: &mut dyn Write, r: &CheckReport) -> io::Result<()> {

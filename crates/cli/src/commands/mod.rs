@@ -25,6 +25,10 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
     let p = Printer {
         mode: config.output,
     };
+    // `check` must work when the catalog is too damaged to open; it opens the repo itself.
+    if let Command::Check { opts, repair } = &config.command {
+        return maintenance::check(&config.repo, &p, opts, *repair);
+    }
     let repo = Repo::open(&config.repo)?;
     match config.command {
         Command::MachineCreate(opts) => machine::create(&repo, &p, &opts)?,
@@ -44,7 +48,7 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::Export { source, output } => files::export(&repo, &p, &source, &output)?,
         Command::Du => maintenance::du(&repo, &p)?,
         Command::Gc(opts) => maintenance::gc(&repo, &p, &opts)?,
-        Command::Check(opts) => return maintenance::check(&repo, &p, &opts),
+        Command::Check { .. } => unreachable!("invariant: check returned above"),
         Command::AuditLog { machine, limit } => {
             maintenance::audit_log(&repo, &p, machine.as_deref(), limit)?
         }

@@ -5,7 +5,7 @@ use super::diff::{Change, ChangeKind, diff_nodes, whole};
 use super::restore::{display, lookup_path, root_node};
 use super::{EngineError, NoProgress, Progress, Repo, Result};
 use crate::model::{ChunkId, Content, Extent, Ref, Tree, TreeId};
-use crate::rootfs::{TreeSource, export_tar};
+use crate::rootfs::{TreeSource, export_dir_tar};
 use std::io::Write;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -129,15 +129,15 @@ impl Repo {
                     reference: r.to_string(),
                     path: display(&comps),
                 })?;
-            let Content::Dir { tree } = node.content else {
+            if !matches!(node.content, Content::Dir { .. }) {
                 return Err(EngineError::Invalid(format!(
                     "{} is not a directory; use `cairn cat` for a file",
                     r
                 )));
-            };
+            }
             progress.phase("exporting", Some(c.logical_bytes));
             let mut adv = |n: u64| progress.advance(n);
-            Ok(export_tar(&tree, &src, out, &mut adv)?)
+            Ok(export_dir_tar(&node, &src, out, &mut adv)?)
         })()
     }
 }

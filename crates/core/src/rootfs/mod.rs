@@ -26,7 +26,9 @@ mod testutil;
 
 pub use apply::{ApplyOptions, set_meta_fd};
 pub use fs::{Dir, FileKind, ScanEntry, data_regions, meta_from_stat};
-pub use tar_export::{TreeSource, export_tar};
+#[cfg(test)]
+pub use tar_export::export_tar;
+pub use tar_export::{TreeSource, export_dir_tar};
 pub use tar_import::import_tar;
 
 /// Errors from reading or writing a machine directory, or from tar import/export.

@@ -26,8 +26,10 @@ const USTAR_ID_MAX: u64 = 0o7777777;
 /// Largest value of a 12-byte octal ustar field (size, mtime).
 const USTAR_BIG_MAX: u64 = 0o77777777777;
 
-/// Writes the tree `root` as a PAX tar to `out` and returns `out`. `progress` is called with
+/// Writes the tree `root` as a PAX tar to `out` and returns `out`, without an entry for the
+/// directory that holds the tree. `progress` is called with
 /// the number of file bytes just written (a delta, not a running total).
+#[cfg(test)]
 pub fn export_tar<W: Write>(
     root: &TreeId,
     source: &dyn TreeSource,
@@ -36,6 +38,30 @@ pub fn export_tar<W: Write>(
 ) -> Result<W, RootfsError> {
     let mut w = Writer { out };
     export_dir(&mut w, root, b"", source, progress)?;
+    finish(w)
+}
+
+/// As [`export_tar`] for the directory node `dir`, preceded by a `./` entry that carries the
+/// directory's own mode, owner, mtime and xattrs, so an import reproduces the directory too.
+pub fn export_dir_tar<W: Write>(
+    dir: &Node,
+    source: &dyn TreeSource,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<W, RootfsError> {
+    let Content::Dir { tree } = &dir.content else {
+        return Err(RootfsError::BadTree {
+            path: "the root".into(),
+            reason: "it is not a directory".into(),
+        });
+    };
+    let mut w = Writer { out };
+    write_entry(&mut w, b".", dir, source, progress)?;
+    export_dir(&mut w, tree, b"", source, progress)?;
+    finish(w)
+}
+
+fn finish<W: Write>(mut w: Writer<W>) -> Result<W, RootfsError> {
     // End of archive: two zero blocks.
     w.write(&[0u8; 2 * BLOCK])?;
     w.out.flush().map_err(write_err)?;

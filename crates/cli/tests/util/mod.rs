@@ -1,0 +1,191 @@
+//! Shared helpers of the CLI tests: `Env` (a tempdir with an isolated cairn home), `TestCommand`
+//! (runs the real `cairn` binary in it) and, in `tree`, `TestDir` and exact tree snapshots.
+
+pub mod tree;
+
+pub use tree::{Snapshot, TestDir, assert_same, noise, snapshot};
+
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The binary under test, built by cargo for this test run.
+pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A tempdir holding a cairn home (`home/`) and room for machine directories beside it.
+pub struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A path inside the tempdir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.path("home")
+    }
+
+    /// `cairn ARGS…` with this env's home, run in the tempdir.
+    pub fn cairn<I, S>(&self, args: I) -> TestCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(CAIRN);
+        cmd.current_dir(self.root())
+            .env("CAIRN_HOME", self.home())
+            .env("CAIRN_AUTHOR", "tester")
+            .env_remove("CAIRN_LOG")
+            .args(args);
+        TestCommand { cmd }
+    }
+
+    /// `cairn machine create NAME --dir DIR`, asserting success.
+    pub fn machine(&self, name: &str, dir: &Path) {
+        self.cairn(["machine", "create", name, "--dir"])
+            .arg(dir)
+            .ok();
+    }
+
+    /// `cairn checkpoint create MACHINE --json`, returning the new id (`web@v3`).
+    pub fn checkpoint(&self, machine: &str) -> String {
+        let v = self.cairn(["checkpoint", "create", machine]).json();
+        id_of(&v)
+    }
+
+    /// `cairn restore REF --json`, asserting success.
+    pub fn restore(&self, target: &str) -> Value {
+        self.cairn(["restore", target]).json()
+    }
+}
+
+/// The checkpoint id in a `checkpoint create --json` report.
+pub fn id_of(v: &Value) -> String {
+    v["checkpoint"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no checkpoint id in {v}"))
+        .to_owned()
+}
+
+/// One run of the real binary, ripgrep-style: build it up, then run it expecting an outcome.
+pub struct TestCommand {
+    cmd: Command,
+}
+
+/// What a finished run printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stdout as exactly one JSON document (nothing but whitespace may follow it).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr
+            )
+        })
+    }
+}
+
+impl TestCommand {
+    pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    /// Runs it with stdin closed and returns what happened, whatever it was.
+    pub fn run(&mut self) -> Run {
+        let out = self
+            .cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the cairn binary");
+        Run {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs it and asserts exit code `code`.
+    pub fn code(&mut self, code: i32) -> Run {
+        let run = self.run();
+        assert_eq!(
+            run.code,
+            Some(code),
+            "{:?} exited {:?}, not {code}\nstdout:\n{}\nstderr:\n{}",
+            self.cmd,
+            run.code,
+            run.stdout(),
+            run.stderr
+        );
+        run
+    }
+
+    /// Runs it and asserts success.
+    pub fn ok(&mut self) -> Run {
+        self.code(0)
+    }
+
+    /// Runs it with `--json`, asserts success and returns the one JSON document.
+    pub fn json(&mut self) -> Value {
+        self.cmd.arg("--json");
+        self.ok().json()
+    }
+
+    /// Runs it with `--json`, asserts exit `code`, and returns the error message of the one
+    /// JSON document `{"error": …}` it printed.
+    pub fn json_error(&mut self, code: i32) -> String {
+        self.cmd.arg("--json");
+        let v = self.code(code).json();
+        let obj = v.as_object().expect("an error document is an object");
+        assert_eq!(obj.len(), 1, "an error document has only `error`: {v}");
+        let msg = v["error"].as_str().expect("error is a string").to_owned();
+        assert!(!msg.is_empty(), "empty error message");
+        msg
+    }
+
+    /// Starts it with stdout and stderr piped, for a test that races or kills it.
+    pub fn spawn(&mut self) -> Child {
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the cairn binary")
+    }
+}
+
+/// Waits for `child` and collects its output.
+pub fn finish(child: Child) -> Run {
+    let out = child.wait_with_output().expect("wait for cairn");
+    Run {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
