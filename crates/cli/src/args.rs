@@ -206,6 +206,53 @@ pub enum Cmd {
         output: OsString,
     },
 
+    /// Mount a checkpoint (or a directory of it) read-only at an empty directory
+    #[command(
+        long_about = "Mount a checkpoint, or the directory given after `:`, read-only at \
+            MOUNTPOINT (an existing, empty directory), served straight from the store: nothing \
+            is copied and nothing is written. Everything reads as it was when the checkpoint \
+            was taken: modes (setuid, setgid, sticky), owners, nanosecond mtimes, symlinks, \
+            devices, fifos, sparse files, hardlinks (one inode number per file) and xattrs \
+            (capabilities and POSIX ACLs too, which the kernel enforces).\n\n\
+            By default cairn stays in the foreground and serves until Ctrl-C, SIGTERM or \
+            `cairn umount MOUNTPOINT`. With --background it returns once the mount is live and \
+            prints the server's pid. Device nodes cannot be opened and setuid bits grant \
+            nothing through the view. Needs /dev/fuse, and fusermount3 (package fuse3) when \
+            not run as root.",
+        after_help = "Examples:\n  cairn mount web@v1 /mnt/web              # until Ctrl-C\n  cairn mount web@clean:/etc /mnt/etc --background\n  diff -r /mnt/web/etc /srv/web/etc\n  cairn umount /mnt/web"
+    )]
+    Mount {
+        /// What to mount: MACHINE@REF[:/DIR]
+        #[arg(value_name = "REF")]
+        source: OsString,
+        /// An existing, empty directory
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+        /// Return once the mount is live, serving from a background process
+        #[arg(long)]
+        background: bool,
+        /// Internal: the background server started by --background
+        #[arg(long, hide = true)]
+        serve_background: bool,
+    },
+
+    /// Unmount a view made by `cairn mount`
+    #[command(
+        long_about = "Unmount a view made by `cairn mount`, which stops its server. A view whose \
+            server was killed (every access fails with \"Transport endpoint is not connected\") \
+            is cleaned up too. A view in use (a shell's cwd, an open file) is refused unless \
+            --lazy is given, which detaches it now and releases it when the last user leaves.",
+        after_help = "Examples:\n  cairn umount /mnt/web\n  cairn umount --lazy /mnt/web"
+    )]
+    Umount {
+        /// Where the view is mounted
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+        /// Detach now even if it is in use; it is released when the last user leaves
+        #[arg(long)]
+        lazy: bool,
+    },
+
     /// Show the space used per machine and checkpoint
     #[command(
         long_about = "Show the space used per machine and checkpoint: logical bytes (the size \

@@ -53,6 +53,17 @@ pub enum ExportTarget {
     File(PathBuf),
 }
 
+/// How `mount` runs its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Background {
+    /// Serve in this process until stopped.
+    No,
+    /// Start a background server and return once it is live.
+    Start,
+    /// This process is that background server.
+    Serve,
+}
+
 /// One validated command, holding the engine options it runs with.
 #[derive(Debug)]
 pub enum Command {
@@ -87,6 +98,15 @@ pub enum Command {
     Export {
         source: Ref,
         output: ExportTarget,
+    },
+    Mount {
+        source: Ref,
+        mountpoint: PathBuf,
+        background: Background,
+    },
+    Umount {
+        mountpoint: PathBuf,
+        lazy: bool,
     },
     Du,
     Gc(GcOptions),
@@ -447,6 +467,31 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
                 source: parse_ref(&source)?,
                 output: target,
             }
+        }
+        Cmd::Mount {
+            source,
+            mountpoint,
+            background,
+            serve_background,
+        } => {
+            if mountpoint.as_os_str().is_empty() {
+                return usage("MOUNTPOINT is empty; give an existing, empty directory");
+            }
+            Command::Mount {
+                source: parse_ref(&source)?,
+                mountpoint,
+                background: match (background, serve_background) {
+                    (_, true) => Background::Serve,
+                    (true, false) => Background::Start,
+                    (false, false) => Background::No,
+                },
+            }
+        }
+        Cmd::Umount { mountpoint, lazy } => {
+            if mountpoint.as_os_str().is_empty() {
+                return usage("MOUNTPOINT is empty; give the directory a view is mounted on");
+            }
+            Command::Umount { mountpoint, lazy }
         }
         Cmd::Du => Command::Du,
         Cmd::Gc {

@@ -1,5 +1,6 @@
 //! cairn's engine: content-addressed chunks in immutable packs, canonical trees, a SQLite
-//! catalog, and the operations on machines (checkpoint, restore, fork, diff, gc, check).
+//! catalog, the operations on machines (checkpoint, restore, fork, diff, gc, check), and
+//! read-only FUSE views of checkpoints.
 //!
 //! Modules are private; this file re-exports the deliberate public API.
 
@@ -7,6 +8,7 @@ mod catalog;
 mod chunker;
 mod engine;
 mod model;
+mod mount;
 mod rootfs;
 mod store;
 
@@ -18,3 +20,4 @@ pub use engine::{
     RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
+pub use mount::{MountError, MountOptions, MountedView, UnmountReport, detach, unmount};

@@ -8,6 +8,7 @@ mod checkpoint;
 mod files;
 mod machine;
 mod maintenance;
+mod mount;
 
 use crate::config::{Command, Config};
 use crate::output::Printer;
@@ -25,6 +26,11 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
     let p = Printer {
         mode: config.output,
     };
+    // Unmounting needs no repository, and must work even when the home is unusable.
+    if let Command::Umount { mountpoint, lazy } = &config.command {
+        mount::umount(&p, mountpoint, *lazy)?;
+        return Ok(Status::Success);
+    }
     let repo = Repo::open(&config.repo)?;
     match config.command {
         Command::MachineCreate(opts) => machine::create(&repo, &p, &opts)?,
@@ -42,6 +48,12 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::Fork { source, opts } => changes::fork(&repo, &p, &source, &opts)?,
         Command::Cat(r) => files::cat(&repo, &r)?,
         Command::Export { source, output } => files::export(&repo, &p, &source, &output)?,
+        Command::Mount {
+            source,
+            mountpoint,
+            background,
+        } => mount::mount(&repo, &p, &source, &mountpoint, background)?,
+        Command::Umount { .. } => unreachable!("handled before the repository is opened"),
         Command::Du => maintenance::du(&repo, &p)?,
         Command::Gc(opts) => maintenance::gc(&repo, &p, &opts)?,
         Command::Check(opts) => return maintenance::check(&repo, &p, &opts),

@@ -16,6 +16,7 @@ mod lock;
 mod machine;
 mod manifest;
 mod materialize;
+mod mount;
 mod repair;
 mod restore;
 mod statcache;
