@@ -5,6 +5,7 @@ mod check;
 mod concurrency;
 mod fixture;
 mod gc;
+mod mount;
 mod roundtrip;
 mod safety;
 
