@@ -160,22 +160,26 @@ pub enum Cmd {
         path: Option<OsString>,
     },
 
-    /// Create a new machine from a checkpoint, in a new directory
+    /// Create new machines from a checkpoint: mounted ones (instant), or one in a new directory
     #[command(
-        long_about = "Create a new, independent machine from a checkpoint. The checkpoint is \
-            written into DIR (which must be new or empty) and becomes the new machine's v1.",
-        after_help = "Example:\n  cairn fork web@clean web-test --dir /srv/web-test"
+        long_about = "Create new, independent machines from a checkpoint.\n\n\
+            Without --dir, each NAME becomes a mounted machine whose lower layer is the \
+            checkpoint's tree and whose upper layer starts empty: nothing is copied, so a fork \
+            takes milliseconds whatever the machine's size. Bring one up with `cairn machine up`.\n\n\
+            With --dir, the checkpoint is written into DIR (new or empty) as a directory machine.\n\n\
+            Either way the checkpoint becomes the new machine's v1.",
+        after_help = "Examples:\n  cairn fork box@v2 a b c                       # three mounted machines\n  cairn fork web@clean web-test --dir /srv/web-test"
     )]
     Fork {
         /// The checkpoint to start from: MACHINE@REF
         #[arg(value_name = "REF")]
         source: OsString,
-        /// The new machine's name
-        #[arg(value_name = "NEW_NAME")]
-        name: String,
-        /// The new machine's directory (new or empty)
+        /// The new machines' names
+        #[arg(value_name = "NEW_NAME", required = true)]
+        names: Vec<String>,
+        /// Write the checkpoint into this directory (new or empty) as one directory machine
         #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
     },
 
     /// Write one file of a checkpoint to stdout
@@ -204,6 +208,53 @@ pub enum Cmd {
         /// Where to write the archive; `-` is stdout
         #[arg(short, long, value_name = "FILE")]
         output: OsString,
+    },
+
+    /// Mount a checkpoint (or a directory of it) read-only at an empty directory
+    #[command(
+        long_about = "Mount a checkpoint, or the directory given after `:`, read-only at \
+            MOUNTPOINT (an existing, empty directory), served straight from the store: nothing \
+            is copied and nothing is written. Everything reads as it was when the checkpoint \
+            was taken: modes (setuid, setgid, sticky), owners, nanosecond mtimes, symlinks, \
+            devices, fifos, sparse files, hardlinks (one inode number per file) and xattrs \
+            (capabilities and POSIX ACLs too, which the kernel enforces).\n\n\
+            By default cairn stays in the foreground and serves until Ctrl-C, SIGTERM or \
+            `cairn umount MOUNTPOINT`. With --background it returns once the mount is live and \
+            prints the server's pid. Device nodes cannot be opened and setuid bits grant \
+            nothing through the view. Needs /dev/fuse, and fusermount3 (package fuse3) when \
+            not run as root.",
+        after_help = "Examples:\n  cairn mount web@v1 /mnt/web              # until Ctrl-C\n  cairn mount web@clean:/etc /mnt/etc --background\n  diff -r /mnt/web/etc /srv/web/etc\n  cairn umount /mnt/web"
+    )]
+    Mount {
+        /// What to mount: MACHINE@REF[:/DIR]
+        #[arg(value_name = "REF")]
+        source: OsString,
+        /// An existing, empty directory
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+        /// Return once the mount is live, serving from a background process
+        #[arg(long)]
+        background: bool,
+        /// Internal: the background server started by --background
+        #[arg(long, hide = true)]
+        serve_background: bool,
+    },
+
+    /// Unmount a view made by `cairn mount`
+    #[command(
+        long_about = "Unmount a view made by `cairn mount`, which stops its server. A view whose \
+            server was killed (every access fails with \"Transport endpoint is not connected\") \
+            is cleaned up too. A view in use (a shell's cwd, an open file) is refused unless \
+            --lazy is given, which detaches it now and releases it when the last user leaves.",
+        after_help = "Examples:\n  cairn umount /mnt/web\n  cairn umount --lazy /mnt/web"
+    )]
+    Umount {
+        /// Where the view is mounted
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+        /// Detach now even if it is in use; it is released when the last user leaves
+        #[arg(long)]
+        lazy: bool,
     },
 
     /// Show the space used per machine and checkpoint
@@ -275,24 +326,77 @@ pub enum Cmd {
 
 #[derive(Debug, Subcommand)]
 pub enum MachineCmd {
-    /// Track a directory as a machine, or import a tar archive into a new one
+    /// Track a directory as a machine, import a tar archive, or make a mounted machine
     #[command(
-        long_about = "Track a directory as a machine. Without --from-tar the directory is \
-            adopted in place: nothing is copied, and no checkpoint exists until you create one. \
-            With --from-tar a plain tar archive is unpacked into DIR (new or empty) and \
-            checkpoint v1 is taken of it.",
-        after_help = "Examples:\n  cairn machine create web --dir /srv/web\n  cairn machine create base --dir /srv/base --from-tar rootfs.tar"
+        long_about = "Create a machine.\n\n\
+            A directory machine (--dir) is a directory cairn tracks in place. Without \
+            --from-tar the directory is adopted: nothing is copied, and no checkpoint exists \
+            until you create one. With --from-tar a plain tar archive is unpacked into DIR (new \
+            or empty) and checkpoint v1 is taken of it.\n\n\
+            A mounted machine (--mounted) is an overlay: a read-only view of a checkpoint \
+            below, and a local directory above that takes every write at native speed. \
+            Restore and fork then move no data. It starts from --from (a checkpoint of any \
+            machine, instantly), --from-tar, or empty, and appears at --at (default \
+            $CAIRN_HOME/machines/NAME/root) while it is up: see `cairn machine up`.",
+        after_help = "Examples:\n  cairn machine create web --dir /srv/web\n  cairn machine create base --dir /srv/base --from-tar rootfs.tar\n  cairn machine create box --mounted --from-tar rootfs.tar\n  cairn machine create box2 --mounted --from web@v2\n  cairn machine create scratch --mounted"
     )]
     Create {
         /// The machine's name: letters, digits, `.`, `_`, `-`
         #[arg(value_name = "NAME")]
         name: String,
-        /// The machine's directory
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Unpack this plain tar archive into DIR first
+        /// The machine's directory (a directory machine)
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "mounted",
+            conflicts_with = "mounted"
+        )]
+        dir: Option<PathBuf>,
+        /// Unpack this plain tar archive first
         #[arg(long, value_name = "FILE")]
         from_tar: Option<PathBuf>,
+        /// Make a mounted machine (an overlay over a checkpoint's tree)
+        #[arg(long)]
+        mounted: bool,
+        /// A mounted machine's starting checkpoint: MACHINE@REF
+        #[arg(
+            long,
+            value_name = "REF",
+            requires = "mounted",
+            conflicts_with = "from_tar"
+        )]
+        from: Option<OsString>,
+        /// Where a mounted machine appears while up [default: $CAIRN_HOME/machines/NAME/root]
+        #[arg(long, value_name = "PATH", requires = "mounted")]
+        at: Option<PathBuf>,
+    },
+
+    /// Mount a mounted machine: its checkpoint view below, its own layer above
+    #[command(
+        long_about = "Bring a mounted machine up: serve the view of its base checkpoint and mount \
+            the overlay at the machine's path. A view or overlay left behind by a crash is \
+            detached first, and reported; nothing written to the machine is lost.",
+        after_help = "Example:\n  cairn machine up box && ls $CAIRN_HOME/machines/box/root"
+    )]
+    Up {
+        /// The mounted machine
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Unmount a mounted machine; its changes stay in its layer for the next `up`
+    #[command(after_help = "Example:\n  cairn machine down box")]
+    Down {
+        /// The mounted machine
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Serve a mounted machine's base view until it is unmounted (started by `machine up`)
+    #[command(hide = true)]
+    ServeLower {
+        #[arg(value_name = "NAME")]
+        name: String,
     },
 
     /// List the machines

@@ -4,8 +4,9 @@
 
 use crate::args::{CheckpointCmd, Cli, Cmd, GlobalArgs, MachineCmd};
 use cairn_core::{
-    CheckOptions, CheckpointOptions, CreateMachineOptions, ForkOptions, GcOptions, Ref,
-    RepoOptions, RestoreOptions, validate_checkpoint_name, validate_machine_name,
+    CheckOptions, CheckpointOptions, CreateMachineOptions, CreateMountedOptions, ForkOptions,
+    GcOptions, LowerServer, Ref, RepoOptions, RestoreOptions, validate_checkpoint_name,
+    validate_machine_name,
 };
 use std::ffi::{CStr, OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -53,10 +54,26 @@ pub enum ExportTarget {
     File(PathBuf),
 }
 
+/// How `mount` runs its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Background {
+    /// Serve in this process until stopped.
+    No,
+    /// Start a background server and return once it is live.
+    Start,
+    /// This process is that background server.
+    Serve,
+}
+
 /// One validated command, holding the engine options it runs with.
 #[derive(Debug)]
 pub enum Command {
     MachineCreate(CreateMachineOptions),
+    MachineCreateMounted(CreateMountedOptions),
+    MachineUp(String),
+    MachineDown(String),
+    /// The detached server of a mounted machine's lower layer.
+    ServeLower(String),
     MachineList,
     MachineShow(String),
     MachineRemove(String),
@@ -83,10 +100,23 @@ pub enum Command {
         source: Ref,
         opts: ForkOptions,
     },
+    ForkMounted {
+        source: Ref,
+        names: Vec<String>,
+    },
     Cat(Ref),
     Export {
         source: Ref,
         output: ExportTarget,
+    },
+    Mount {
+        source: Ref,
+        mountpoint: PathBuf,
+        background: Background,
+    },
+    Umount {
+        mountpoint: PathBuf,
+        lazy: bool,
     },
     Du,
     Gc(GcOptions),
@@ -153,10 +183,20 @@ fn repo_options(g: &GlobalArgs, env: &dyn Env) -> Result<RepoOptions> {
         Some(h) => h.clone(),
         None => default_home(env)?,
     };
+    // A mounted machine's lower layer is served by this same binary, detached.
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
+    let lower_server = LowerServer::Process(vec![
+        exe.into_os_string(),
+        "--home".into(),
+        home.clone().into_os_string(),
+        "machine".into(),
+        "serve-lower".into(),
+    ]);
     Ok(RepoOptions {
         home,
         author: resolve_author(g.author.as_deref(), env)?,
         lock_wait: parse_wait(&g.wait)?,
+        lower_server,
     })
 }
 
@@ -340,11 +380,36 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
             name,
             dir,
             from_tar,
-        }) => Command::MachineCreate(CreateMachineOptions {
-            name: machine_name(name)?,
+            mounted: true,
+            from,
+            at,
+        }) => {
+            let _ = dir; // clap refuses --dir with --mounted
+            Command::MachineCreateMounted(CreateMountedOptions {
+                name: machine_name(name)?,
+                at,
+                from: from
+                    .as_deref()
+                    .map(|f| whole_checkpoint(f, "machine create --from"))
+                    .transpose()?,
+                from_tar,
+            })
+        }
+        Cmd::Machine(MachineCmd::Create {
+            name,
             dir,
             from_tar,
+            ..
+        }) => Command::MachineCreate(CreateMachineOptions {
+            name: machine_name(name)?,
+            dir: dir.ok_or_else(|| {
+                UsageError("give the machine's directory with --dir, or --mounted".to_owned())
+            })?,
+            from_tar,
         }),
+        Cmd::Machine(MachineCmd::Up { name }) => Command::MachineUp(machine_name(name)?),
+        Cmd::Machine(MachineCmd::Down { name }) => Command::MachineDown(machine_name(name)?),
+        Cmd::Machine(MachineCmd::ServeLower { name }) => Command::ServeLower(machine_name(name)?),
         Cmd::Machine(MachineCmd::List) => Command::MachineList,
         Cmd::Machine(MachineCmd::Show { name }) => Command::MachineShow(machine_name(name)?),
         Cmd::Machine(MachineCmd::Rm { name }) => Command::MachineRemove(machine_name(name)?),
@@ -407,12 +472,36 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
             };
             Command::Restore { target: r, opts }
         }
-        Cmd::Fork { source, name, dir } => Command::Fork {
+        Cmd::Fork {
+            source,
+            names,
+            dir: Some(dir),
+        } => {
+            let [name] = <[String; 1]>::try_from(names).map_err(|_| {
+                UsageError(
+                    "--dir forks into one directory machine; give one NEW_NAME, or drop --dir \
+                     to fork mounted machines"
+                        .to_owned(),
+                )
+            })?;
+            Command::Fork {
+                source: whole_checkpoint(&source, "fork")?,
+                opts: ForkOptions {
+                    name: machine_name(name)?,
+                    dir,
+                },
+            }
+        }
+        Cmd::Fork {
+            source,
+            names,
+            dir: None,
+        } => Command::ForkMounted {
             source: whole_checkpoint(&source, "fork")?,
-            opts: ForkOptions {
-                name: machine_name(name)?,
-                dir,
-            },
+            names: names
+                .into_iter()
+                .map(machine_name)
+                .collect::<Result<Vec<_>>>()?,
         },
         Cmd::Cat { source } => {
             if output.json {
@@ -451,6 +540,31 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
                 source: parse_ref(&source)?,
                 output: target,
             }
+        }
+        Cmd::Mount {
+            source,
+            mountpoint,
+            background,
+            serve_background,
+        } => {
+            if mountpoint.as_os_str().is_empty() {
+                return usage("MOUNTPOINT is empty; give an existing, empty directory");
+            }
+            Command::Mount {
+                source: parse_ref(&source)?,
+                mountpoint,
+                background: match (background, serve_background) {
+                    (_, true) => Background::Serve,
+                    (true, false) => Background::Start,
+                    (false, false) => Background::No,
+                },
+            }
+        }
+        Cmd::Umount { mountpoint, lazy } => {
+            if mountpoint.as_os_str().is_empty() {
+                return usage("MOUNTPOINT is empty; give the directory a view is mounted on");
+            }
+            Command::Umount { mountpoint, lazy }
         }
         Cmd::Du => Command::Du,
         Cmd::Gc {

@@ -1,5 +1,6 @@
 //! cairn's engine: content-addressed chunks in immutable packs, canonical trees, a SQLite
-//! catalog, and the operations on machines (checkpoint, restore, fork, diff, gc, check).
+//! catalog, the operations on machines (checkpoint, restore, fork, diff, gc, check), and
+//! read-only FUSE views of checkpoints.
 //!
 //! Modules are private; this file re-exports the deliberate public API.
 
@@ -7,14 +8,17 @@ mod catalog;
 mod chunker;
 mod engine;
 mod model;
+mod mount;
 mod rootfs;
 mod store;
 
 pub use catalog::{AuditRow, MachineKind};
 pub use engine::{
     Change, ChangeKind, CheckOptions, CheckReport, CheckpointInfo, CheckpointOptions,
-    CheckpointReport, CheckpointUsage, CreateMachineOptions, CreateMountedOptions, DuReport,
-    EngineError, Finding, ForkOptions, GcOptions, GcReport, MachineInfo, MachineUsage, MountedInfo,
-    NoProgress, Phase, Progress, RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport,
+    CheckpointReport, CheckpointUsage, CreateMachineOptions, CreateMountedOptions, DownReport,
+    DuReport, EngineError, Finding, ForkOptions, GcOptions, GcReport, LowerServer, MachineInfo,
+    MachineUsage, MountedInfo, NoProgress, Phase, Progress, RebuildReport, Repo, RepoOptions,
+    RestoreOptions, RestoreReport, UpReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
+pub use mount::{MountError, MountOptions, MountedView, UnmountReport, detach, unmount};

@@ -53,7 +53,14 @@ pub fn restore(
             Some(path) => format!("{} of {}", inner_path(path), report.target),
             None => report.target.clone(),
         };
-        if nothing_written(&report) {
+        if !report.phases.is_empty() {
+            // A mounted machine: re-pointed, nothing written.
+            let phases = super::mounted::phases(&report.phases);
+            writeln!(
+                out,
+                "restored {what}: re-pointed, nothing copied ({phases})"
+            )?;
+        } else if nothing_written(&report) {
             writeln!(out, "{what} is already in place: nothing to change")?;
         } else {
             writeln!(out, "restored {what}: {}", effects(&report))?;

@@ -8,6 +8,8 @@ mod checkpoint;
 mod files;
 mod machine;
 mod maintenance;
+mod mount;
+mod mounted;
 
 use crate::config::{Command, Config};
 use crate::output::Printer;
@@ -29,9 +31,18 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
     if let Command::Check { opts, repair } = &config.command {
         return maintenance::check(&config.repo, &p, opts, *repair);
     }
+    // Unmounting needs no repository, and must work even when the home is unusable.
+    if let Command::Umount { mountpoint, lazy } = &config.command {
+        mount::umount(&p, mountpoint, *lazy)?;
+        return Ok(Status::Success);
+    }
     let repo = Repo::open(&config.repo)?;
     match config.command {
         Command::MachineCreate(opts) => machine::create(&repo, &p, &opts)?,
+        Command::MachineCreateMounted(opts) => mounted::create(&repo, &p, &opts)?,
+        Command::MachineUp(name) => mounted::up(&repo, &p, &name)?,
+        Command::MachineDown(name) => mounted::down(&repo, &p, &name)?,
+        Command::ServeLower(name) => repo.serve_lower(&name)?,
         Command::MachineList => machine::list(&repo, &p)?,
         Command::MachineShow(name) => machine::show(&repo, &p, &name)?,
         Command::MachineRemove(name) => machine::remove(&repo, &p, &name)?,
@@ -44,8 +55,15 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::Diff { from, to } => changes::diff(&repo, &p, &from, to.as_ref())?,
         Command::Restore { target, opts } => changes::restore(&repo, &p, &target, &opts)?,
         Command::Fork { source, opts } => changes::fork(&repo, &p, &source, &opts)?,
+        Command::ForkMounted { source, names } => mounted::fork(&repo, &p, &source, &names)?,
         Command::Cat(r) => files::cat(&repo, &r)?,
         Command::Export { source, output } => files::export(&repo, &p, &source, &output)?,
+        Command::Mount {
+            source,
+            mountpoint,
+            background,
+        } => mount::mount(&repo, &p, &source, &mountpoint, background)?,
+        Command::Umount { .. } => unreachable!("handled before the repository is opened"),
         Command::Du => maintenance::du(&repo, &p)?,
         Command::Gc(opts) => maintenance::gc(&repo, &p, &opts)?,
         Command::Check { .. } => unreachable!("invariant: check returned above"),

@@ -3,6 +3,7 @@
 
 use crate::catalog::CatalogError;
 use crate::model::ModelError;
+use crate::mount::MountError;
 use crate::rootfs::RootfsError;
 use crate::store::{BackendError, StoreError};
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub enum EngineError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,

@@ -276,6 +276,11 @@ impl Repo {
         let result = (|| {
             let m = self.machine_row(name)?;
             let _lock = self.lock_machine(name, "machine rm")?;
+            if self.is_up(&m) {
+                return Err(EngineError::Invalid(format!(
+                    "machine {name} is up; `cairn machine down {name}` first"
+                )));
+            }
             for c in self.catalog.checkpoints(m.id)? {
                 self.store
                     .delete_object(&manifest::checkpoint_key(&m.uid, c.version))?;

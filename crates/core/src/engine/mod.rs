@@ -16,10 +16,12 @@ mod lock;
 mod machine;
 mod manifest;
 mod materialize;
+mod mount;
 mod mounted;
 mod repair;
 mod restore;
 mod statcache;
+mod updown;
 mod upper;
 mod usage;
 mod view;
@@ -33,6 +35,7 @@ pub use machine::{CreateMachineOptions, MachineInfo};
 pub use mounted::{CreateMountedOptions, MountedInfo};
 pub use repair::RebuildReport;
 pub use restore::{ForkOptions, RestoreOptions, RestoreReport};
+pub use updown::{DownReport, LowerServer, UpReport};
 pub use usage::{CheckpointUsage, DuReport, MachineUsage};
 
 use crate::catalog::{AuditRecord, Catalog};
@@ -84,6 +87,8 @@ pub struct RepoOptions {
     pub author: String,
     /// How long to wait for another command that holds a machine's lock.
     pub lock_wait: Duration,
+    /// How `machine up` serves a mounted machine's lower layer.
+    pub lower_server: LowerServer,
 }
 
 /// An open cairn home: the catalog, the store and the machines they describe.
@@ -93,6 +98,9 @@ pub struct Repo {
     lock_wait: Duration,
     catalog: Catalog,
     store: Store,
+    lower_server: LowerServer,
+    /// Lower layers served by this process (`LowerServer::InProcess`).
+    views: updown::Views,
 }
 
 impl Repo {
@@ -115,6 +123,8 @@ impl Repo {
             lock_wait: opts.lock_wait,
             catalog,
             store: Store::new(Arc::new(backend)),
+            lower_server: opts.lower_server.clone(),
+            views: Default::default(),
         })
     }
 

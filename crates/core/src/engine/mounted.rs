@@ -292,6 +292,12 @@ impl Repo {
         let t = Instant::now();
         let undo = self.undo_point(m, target, progress)?;
         phases.push(Phase::since("ingest", t));
+        let was_up = self.is_up(m);
+        if was_up {
+            let t = Instant::now();
+            self.down_locked(m)?;
+            phases.push(Phase::since("stop", t));
+        }
         let t = Instant::now();
         let journal = RebaseJournal {
             op: "rebase".to_owned(),
@@ -304,6 +310,11 @@ impl Repo {
         )?;
         self.finish_rebase(m, target)?;
         phases.push(Phase::since("commit", t));
+        if was_up {
+            let t = Instant::now();
+            self.up_locked(&self.machine_row(&m.name)?)?;
+            phases.push(Phase::since("remount", t));
+        }
         Ok(RestoreReport {
             target: journal.target_ref,
             undo: Some(format!("{}@v{}", m.name, undo.version)),

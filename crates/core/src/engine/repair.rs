@@ -224,6 +224,7 @@ mod tests {
             home: tmp.path().join("home"),
             author: "t".into(),
             lock_wait: Duration::from_secs(5),
+            lower_server: Default::default(),
         };
         let dir = tmp.path().join("m");
         std::fs::create_dir_all(dir.join("etc")).unwrap();

@@ -5,6 +5,7 @@ mod check;
 mod concurrency;
 mod fixture;
 mod gc;
+mod mount;
 mod mounted;
 mod roundtrip;
 mod safety;
@@ -24,6 +25,7 @@ fn repo_as(home: &Path, author: &str, lock_wait: Duration) -> Repo {
         home: home.to_owned(),
         author: author.into(),
         lock_wait,
+        lower_server: LowerServer::InProcess,
     })
     .unwrap()
 }

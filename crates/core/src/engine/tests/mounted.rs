@@ -198,3 +198,68 @@ fn mounted_machine_from_a_tar_starts_with_an_empty_upper() {
     assert!(diff.is_empty(), "the tar round trip is exact: {diff:?}");
     assert_eq!(info.base, Some(w1.checkpoint.root));
 }
+
+#[test]
+fn up_serves_the_base_exactly_and_restore_while_up_remounts() {
+    use super::fixture::{assert_same, snapshot};
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    let want = snapshot(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create_box(&env, Some("web@v1"));
+    let up = env.repo.machine_up("box").unwrap();
+    assert!(!up.already_up && up.recovered.is_empty(), "{up:?}");
+    assert!(up.phases.iter().any(|p| p.name == "overlay"), "{up:?}");
+    let at = info.at.clone();
+    assert_same(&want, &snapshot(&at), "a new mounted machine over web@v1");
+    assert!(env.repo.machine_up("box").unwrap().already_up);
+
+    // Writes through the machine land in the upper; a checkpoint takes exactly the view.
+    write(&at.join("etc/hostname"), b"changed\n");
+    std::fs::remove_dir_all(at.join("usr/lib")).unwrap();
+    // (Writing to one path of a lower hardlink breaks the link, and overlayfs then keeps
+    // showing the lower's old nlink on the other paths, so a snapshot of the view would not
+    // be the truth there; upper.rs tests that case against path counts.)
+    std::fs::write(at.join("cap"), b"copied up and rewritten").unwrap();
+    std::fs::create_dir(at.join("srv")).unwrap();
+    write(&at.join("srv/data"), &noise(100_000, 5));
+    let changed = snapshot(&at);
+    let c2 = checkpoint(&env.repo, "box");
+    assert_eq!(c2.checkpoint.id, "box@v2");
+    assert!(
+        c2.read_bytes < 200_000,
+        "only the upper is read: {}",
+        c2.read_bytes
+    );
+    let copy = env.path("copy");
+    fork(&env.repo, "box@v2", "copy", &copy);
+    assert_same(
+        &changed,
+        &snapshot(&copy),
+        "box@v2 restored into a directory",
+    );
+
+    // Restore while up: stop, rebase, remount; the view is the target again.
+    let rep = restore(&env.repo, "box@v1");
+    let names: Vec<&str> = rep.phases.iter().map(|p| p.name).collect();
+    assert_eq!(names, ["ingest", "stop", "commit", "remount"], "{rep:?}");
+    assert_eq!(rep.undo.as_deref(), Some("box@v2"));
+    assert_same(&want, &snapshot(&at), "box restored to v1 while up");
+    let rep = restore(&env.repo, "box@v2");
+    assert_same(&changed, &snapshot(&at), "box restored to v2 while up");
+    assert_eq!(rep.undo.as_deref(), Some("box@v1"));
+
+    let down = env.repo.machine_down("box").unwrap();
+    assert!(down.was_up);
+    assert_eq!(
+        std::fs::read_dir(&at).unwrap().count(),
+        0,
+        "nothing is left mounted"
+    );
+    assert!(!env.repo.machine_down("box").unwrap().was_up);
+    env.repo.machine_up("box").unwrap();
+    assert_same(&changed, &snapshot(&at), "up again after down");
+    env.repo.machine_down("box").unwrap();
+}

@@ -1,0 +1,353 @@
+//! Bringing a mounted machine up and down: the view of its base at `lower/`, then the overlay
+//! at the machine's mountpoint.
+//!
+//! The view must outlive the command that starts it, so `machine up` runs its server as a
+//! detached process (`LowerServer::Process`: the CLI passes its own binary) that serves until
+//! the view is unmounted. Tests serve it from threads of the test process instead.
+//!
+//! Up never trusts what an earlier run left: a view whose server died (every access fails
+//! with `ENOTCONN`) and an overlay over it are detached first, and the report says so. The
+//! upper layer is a plain directory, so nothing written before a crash is lost.
+
+use super::{EngineError, Phase, Repo, Result};
+use crate::catalog::{MachineKind, MachineRow};
+use crate::mount::{MountOptions, MountedView, mount_at};
+use rustix::mount::{MountFlags, UnmountFlags};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How `machine up` serves a machine's lower layer.
+#[derive(Clone, Debug, Default)]
+pub enum LowerServer {
+    /// Run this command with the machine name appended, detached; it serves until the view
+    /// is unmounted. The CLI passes `cairn --home HOME machine serve-lower`.
+    Process(Vec<OsString>),
+    /// Serve from threads of this process; the view ends with it.
+    #[default]
+    InProcess,
+}
+
+/// What `machine up` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UpReport {
+    pub name: String,
+    pub at: PathBuf,
+    /// The machine was up already; nothing was done.
+    pub already_up: bool,
+    /// What was found and cleaned: stale mounts left by a server that died, and the like.
+    pub recovered: Vec<String>,
+    pub phases: Vec<Phase>,
+}
+
+/// What `machine down` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DownReport {
+    pub name: String,
+    pub was_up: bool,
+    pub phases: Vec<Phase>,
+}
+
+/// How long a starting server may take to complete its mount.
+const SERVER_START: Duration = Duration::from_secs(20);
+
+impl Repo {
+    /// Mounts a mounted machine: the view of its base, then the overlay.
+    pub fn machine_up(&self, name: &str) -> Result<UpReport> {
+        let result = (|| {
+            let m = self.mounted_row(name)?;
+            let _lock = self.lock_machine(name, "machine up")?;
+            self.complete_interrupted(&m, &super::NoProgress)?;
+            let m = self.machine_row(name)?;
+            self.up_locked(&m)
+        })();
+        let detail = result
+            .as_ref()
+            .map(|r| r.at.display().to_string())
+            .map_err(super::machine::clone_err);
+        self.audit("machine-up", Some(name), None, &detail);
+        result
+    }
+
+    /// Unmounts a mounted machine: the overlay, then the view.
+    pub fn machine_down(&self, name: &str) -> Result<DownReport> {
+        let result = (|| {
+            let m = self.mounted_row(name)?;
+            let _lock = self.lock_machine(name, "machine down")?;
+            self.down_locked(&m)
+        })();
+        let detail = result
+            .as_ref()
+            .map(|r| format!("was up: {}", r.was_up))
+            .map_err(super::machine::clone_err);
+        self.audit("machine-down", Some(name), None, &detail);
+        result
+    }
+
+    fn mounted_row(&self, name: &str) -> Result<MachineRow> {
+        let m = self.machine_row(name)?;
+        if m.kind != MachineKind::Mounted {
+            return Err(EngineError::Invalid(format!(
+                "machine {name} is a directory machine: it is always \"up\" at {}; only mounted \
+                 machines (`cairn machine create --mounted`) are brought up and down",
+                m.dir.display()
+            )));
+        }
+        Ok(m)
+    }
+
+    /// True when a view is mounted at `lower` and answers.
+    fn lower_healthy(lower: &Path) -> bool {
+        matches!(mount_at(lower), Ok(Some(e)) if e.fstype.starts_with("fuse"))
+            && std::fs::metadata(lower).is_ok()
+    }
+
+    pub(crate) fn up_locked(&self, m: &MachineRow) -> Result<UpReport> {
+        let l = self.layout(m);
+        let mut report = UpReport {
+            name: m.name.clone(),
+            at: m.dir.clone(),
+            already_up: false,
+            recovered: Vec::new(),
+            phases: Vec::new(),
+        };
+        let overlay_up = self.is_up(m);
+        if overlay_up && Self::lower_healthy(&l.lower) {
+            report.already_up = true;
+            return Ok(report);
+        }
+        let t = Instant::now();
+        if overlay_up {
+            detach(&m.dir)?;
+            report.recovered.push(format!(
+                "the overlay at {} was over a lower layer whose server had stopped; it was \
+                 detached (the upper layer, with every write, is kept)",
+                m.dir.display()
+            ));
+        }
+        if mount_at(&l.lower).map_err(EngineError::from)?.is_some() {
+            detach(&l.lower)?;
+            report.recovered.push(format!(
+                "a stale view of the base was mounted at {}; it was detached",
+                l.lower.display()
+            ));
+        }
+        if !report.recovered.is_empty() {
+            report.phases.push(Phase::since("recover", t));
+        }
+        let base = m.base.ok_or_else(|| EngineError::Corrupt {
+            what: format!("mounted machine {}", m.name),
+            reason: "it has no base tree".to_owned(),
+        })?;
+        let t = Instant::now();
+        self.start_lower(m, base.root, &l.lower)?;
+        report.phases.push(Phase::since("lower", t));
+        let t = Instant::now();
+        std::fs::create_dir_all(&m.dir).map_err(|source| EngineError::Io {
+            op: "create the mountpoint",
+            path: m.dir.clone(),
+            source,
+        })?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
+            escape_opt(&l.lower),
+            escape_opt(&l.upper),
+            escape_opt(&l.work)
+        );
+        if let Err(e) = rustix::mount::mount(
+            "overlay",
+            &m.dir,
+            "overlay",
+            MountFlags::empty(),
+            Some(
+                std::ffi::CString::new(opts.clone())
+                    .map_err(|_| EngineError::Invalid("a machine path holds NUL".to_owned()))?
+                    .as_c_str(),
+            ),
+        ) {
+            let _ = self.stop_lower(m, &l.lower);
+            return Err(EngineError::Invalid(format!(
+                "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
+                 namespace) and a kernel with overlay support; options were {opts}",
+                m.dir.display()
+            )));
+        }
+        report.phases.push(Phase::since("overlay", t));
+        Ok(report)
+    }
+
+    pub(crate) fn down_locked(&self, m: &MachineRow) -> Result<DownReport> {
+        let l = self.layout(m);
+        let mut report = DownReport {
+            name: m.name.clone(),
+            was_up: self.is_up(m),
+            phases: Vec::new(),
+        };
+        let t = Instant::now();
+        if report.was_up {
+            match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::BUSY) => {
+                    return Err(EngineError::Invalid(format!(
+                        "machine {} is busy: a process has its working directory or an open \
+                         file inside {}; stop it and try again",
+                        m.name,
+                        m.dir.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(EngineError::Invalid(format!(
+                        "could not unmount {}: {e}",
+                        m.dir.display()
+                    )));
+                }
+            }
+            report.phases.push(Phase::since("overlay", t));
+        }
+        let t = Instant::now();
+        self.stop_lower(m, &l.lower)?;
+        report.phases.push(Phase::since("lower", t));
+        Ok(report)
+    }
+
+    /// Starts serving `root` at `lower` and returns once the view answers.
+    fn start_lower(&self, m: &MachineRow, root: crate::model::TreeId, lower: &Path) -> Result<()> {
+        std::fs::create_dir_all(lower).map_err(|source| EngineError::Io {
+            op: "create directory",
+            path: lower.to_owned(),
+            source,
+        })?;
+        match &self.lower_server {
+            LowerServer::InProcess => {
+                let view = self.mount_tree(
+                    root,
+                    &[],
+                    &format!("{}@base", m.name),
+                    lower,
+                    &lower_options(),
+                )?;
+                lock(&self.views).insert(m.uid.clone(), view);
+                Ok(())
+            }
+            LowerServer::Process(argv) => {
+                let log_path = self.layout(m).state.join("lower.log");
+                let log = std::fs::File::create(&log_path).map_err(|source| EngineError::Io {
+                    op: "create",
+                    path: log_path.clone(),
+                    source,
+                })?;
+                let (prog, args) = argv
+                    .split_first()
+                    .ok_or_else(|| EngineError::Invalid("no lower server command".to_owned()))?;
+                let mut cmd = std::process::Command::new(prog);
+                cmd.args(args)
+                    .arg(&m.name)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(log.try_clone().map_err(|source| EngineError::Io {
+                        op: "open",
+                        path: log_path.clone(),
+                        source,
+                    })?)
+                    .stderr(log);
+                // Its own process group: a Ctrl-C meant for the command that started it must
+                // not take the machine's file system down with it.
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                let mut child = cmd.spawn().map_err(|source| EngineError::Io {
+                    op: "start the lower layer server",
+                    path: PathBuf::from(prog),
+                    source,
+                })?;
+                let deadline = Instant::now() + SERVER_START;
+                loop {
+                    if Self::lower_healthy(lower) {
+                        return Ok(());
+                    }
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                        return Err(EngineError::Invalid(format!(
+                            "the lower layer server of {} exited ({status}) before its view \
+                             was up: {}",
+                            m.name,
+                            log.trim()
+                        )));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err(EngineError::Invalid(format!(
+                            "the lower layer server of {} did not mount its view within {}s; \
+                             see {}",
+                            m.name,
+                            SERVER_START.as_secs(),
+                            log_path.display()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+
+    /// Unmounts the view at `lower` (its server then exits) and waits for in-process threads.
+    fn stop_lower(&self, m: &MachineRow, lower: &Path) -> Result<()> {
+        let held = lock(&self.views).remove(&m.uid);
+        if mount_at(lower).map_err(EngineError::from)?.is_some() {
+            crate::mount::unmount(lower).map_err(EngineError::from)?;
+        }
+        if let Some(mut view) = held {
+            view.join()?;
+        }
+        Ok(())
+    }
+
+    /// Serves a machine's base at its `lower/` until the view is unmounted. This is what the
+    /// detached server process started by `machine up` runs.
+    pub fn serve_lower(&self, name: &str) -> Result<()> {
+        let m = self.mounted_row(name)?;
+        let base = m.base.ok_or_else(|| EngineError::Corrupt {
+            what: format!("mounted machine {}", m.name),
+            reason: "it has no base tree".to_owned(),
+        })?;
+        let lower = self.layout(&m).lower;
+        let mut view = self.mount_tree(
+            base.root,
+            &[],
+            &format!("{}@base", m.name),
+            &lower,
+            &lower_options(),
+        )?;
+        Ok(view.join()?)
+    }
+}
+
+/// A lower layer serves a machine: its setuid programs and device nodes must work.
+fn lower_options() -> MountOptions {
+    MountOptions {
+        allow_other: true,
+        devices_and_setuid: true,
+        ..MountOptions::default()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn detach(path: &Path) -> Result<()> {
+    rustix::mount::unmount(path, UnmountFlags::DETACH).map_err(|e| {
+        EngineError::Invalid(format!(
+            "could not detach the stale mount {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Overlay options are comma-separated and `:` separates lower layers; escape both.
+fn escape_opt(p: &Path) -> String {
+    let s = p.display().to_string();
+    s.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace(':', "\\:")
+}
+
+/// Keeps in-process views alive for as long as the `Repo`.
+pub(crate) type Views = std::sync::Mutex<std::collections::HashMap<String, MountedView>>;

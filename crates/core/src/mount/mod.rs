@@ -1,0 +1,235 @@
+//! Read-only FUSE views of trees: any checkpoint (or a directory in it) served at a mountpoint
+//! straight from the store, with every attribute the tree holds.
+//!
+//! This is the lower layer of a mounted machine as well as `cairn mount`. [`serve`] mounts a
+//! tree and serves it from background threads until [`MountedView::unmount`] (or an `umount`
+//! from outside); [`unmount`] and [`detach`] act on a mountpoint by path, also when its server
+//! is gone.
+//!
+//! **Invariant:** the view never writes: not to the store, not to the catalog, and every
+//! request that would change the tree fails with `EROFS`. Inode numbers are stable for the life
+//! of the mount and shared by all paths of a hardlinked file. No catalog read transaction stays
+//! open while serving (see `blobs.rs`).
+
+mod blobs;
+mod fs;
+mod inodes;
+mod mounts;
+
+pub(crate) use mounts::mount_at;
+pub use mounts::{UnmountReport, detach, unmount};
+
+use crate::catalog::CatalogError;
+use crate::model::Node;
+use crate::store::{Store, StoreError};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "blob {id} is referenced by the mounted tree but no pack holds it (was its checkpoint \
+         deleted and collected?); run `cairn check`"
+    )]
+    MissingBlob { id: String },
+    #[error("tree {id} is corrupt: {reason}; run `cairn check`")]
+    CorruptTree { id: String, reason: String },
+    #[error("hardlink to /{target} is broken: {reason}; run `cairn check`")]
+    BrokenHardlink { target: String, reason: String },
+    #[error("mountpoint {} does not exist; create an empty directory there first", path.display())]
+    MountpointMissing { path: PathBuf },
+    #[error("mountpoint {} is not a directory; give an empty directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "mountpoint {} is not empty; mount on an empty directory so nothing is hidden",
+        path.display()
+    )]
+    NotEmpty { path: PathBuf },
+    #[error("{} is already a mount point ({what}); unmount it first or pick another directory", path.display())]
+    AlreadyMounted { path: PathBuf, what: String },
+    #[error(
+        "{} is a stale FUSE mount whose server has stopped; run `cairn umount {}` and try again",
+        path.display(), path.display()
+    )]
+    Stale { path: PathBuf },
+    #[error("{} is not a mount point; nothing to unmount", path.display())]
+    NotMounted { path: PathBuf },
+    #[error(
+        "{} is a {fstype} mount of {source_name}, not a cairn view; use umount(8) if you mean it",
+        path.display()
+    )]
+    NotOurs {
+        path: PathBuf,
+        fstype: String,
+        source_name: String,
+    },
+    #[error(
+        "{} is busy: a process is using it (its cwd or an open file is inside); stop it, or \
+         pass --lazy to detach now and finish when the last user leaves",
+        path.display()
+    )]
+    Busy { path: PathBuf },
+    #[error(
+        "/dev/fuse is missing: load the FUSE module (`modprobe fuse`) and install fuse3 \
+         (`apt-get install fuse3`)"
+    )]
+    NoFuseDevice,
+    #[error("fusermount3 was not found; install fuse3 (`apt-get install fuse3`), or run as root")]
+    NoFusermount,
+    #[error("mount a FUSE view at {}: {source}", path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = MountError> = std::result::Result<T, E>;
+
+/// How a view is mounted.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let every user, not only the one who mounted it, enter the view. The tree's own modes,
+    /// owners and ACLs still decide what each may read (the kernel checks them).
+    pub allow_other: bool,
+    /// Honor setuid/setgid bits and open device nodes, as the lower layer of a mounted machine
+    /// must. Off for an inspection view: a checkpoint then grants no privileges.
+    pub devices_and_setuid: bool,
+    /// Threads answering the kernel; reads of different chunks decompress in parallel.
+    pub threads: usize,
+    /// Bound of the decompressed-chunk cache, in bytes.
+    pub chunk_cache_bytes: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            allow_other: unsafe { libc::geteuid() } == 0,
+            devices_and_setuid: false,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            chunk_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What to serve: a directory node of a checkpoint and where it sits in the machine.
+pub(crate) struct ViewSpec {
+    pub store: Store,
+    pub catalog_path: PathBuf,
+    /// The machine directory node (the checkpoint root's `root` entry); hardlink targets are
+    /// paths from it.
+    pub top: Node,
+    /// Components from the machine directory to the view's root; empty for the whole machine.
+    pub path: Vec<Vec<u8>>,
+    /// The directory node at `path`: the view's root.
+    pub root: Node,
+    /// Shown as the mount's source in the mount table, e.g. `web@v1`.
+    pub name: String,
+}
+
+/// A live view. Dropping it unmounts if nothing uses the mount (and otherwise leaves it
+/// served by a detached thread until the process exits).
+pub struct MountedView {
+    mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl MountedView {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// False once the kernel has ended the connection: after an unmount (from here or outside)
+    /// or after a detach once the last user left.
+    pub fn is_serving(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
+    }
+
+    /// Unmounts and waits for the server threads. Fails with `Busy`, leaving the view served,
+    /// while a process uses the mount.
+    pub fn unmount(&mut self) -> Result<()> {
+        if self.is_serving() {
+            mounts::unmount_path(&self.mountpoint, false)?;
+        }
+        self.join()
+    }
+
+    /// Detaches the mount from the file system tree now; processes that still use it keep
+    /// being served until they leave, then `is_serving` turns false.
+    pub fn detach(&mut self) -> Result<()> {
+        if self.is_serving() {
+            mounts::unmount_path(&self.mountpoint, true)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the server stops: the mount was unmounted (or detached and left).
+    pub fn join(&mut self) -> Result<()> {
+        match self.session.take() {
+            Some(s) => s.join().map_err(|source| MountError::Io {
+                op: "serve",
+                path: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Mounts `spec` read-only at `mountpoint` and serves it from background threads. Returns once
+/// the kernel has completed the FUSE handshake, so the view is usable immediately.
+pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> Result<MountedView> {
+    mounts::check_mountpoint(mountpoint)?;
+    mounts::check_fuse_available()?;
+    let blobs = blobs::Blobs::open(spec.store, &spec.catalog_path, opts.chunk_cache_bytes)?;
+    let view = fs::ViewFs::new(blobs, spec.top, spec.path.join(&b'/'), spec.root);
+    use fuser::MountOption as O;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        O::RO,
+        O::FSName(mounts::fsname(&spec.name)),
+        O::Subtype("cairn".to_owned()),
+        // The kernel checks modes, owners and ACLs against the tree's attributes, as the
+        // machine's own file system did; the server never has to.
+        O::DefaultPermissions,
+        O::NoAtime,
+    ];
+    if opts.devices_and_setuid {
+        config.mount_options.extend([O::Dev, O::Suid]);
+    } else {
+        config.mount_options.extend([O::NoDev, O::NoSuid]);
+    }
+    config.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    // Each thread reads its own clone of the device fd, so requests do not queue behind one.
+    config.clone_fd = true;
+    let mount_err = |source| MountError::Mount {
+        path: mountpoint.to_owned(),
+        source,
+    };
+    let session = fuser::Session::new(view, mountpoint, &config)
+        .map_err(mount_err)?
+        .spawn()
+        .map_err(mount_err)?;
+    Ok(MountedView {
+        mountpoint: mounts::absolute(mountpoint)?,
+        session: Some(session),
+    })
+}
