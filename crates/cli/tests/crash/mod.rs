@@ -91,3 +91,66 @@ fn crash_during_gc_delete_and_fork() {
         },
     );
 }
+
+/// Regression: a fork killed midway left a half-written directory, and running the same fork
+/// again failed because the directory was not empty.
+#[test]
+fn a_killed_fork_leaves_nothing_and_runs_again() {
+    use crate::util::{Env, assert_same, finish, noise, snapshot};
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("a/f{i}")), noise(500_000, i)).unwrap();
+    }
+    env.machine("src", &src);
+    env.checkpoint("src");
+    let want = snapshot(&src);
+    std::fs::create_dir_all(env.path("forks")).unwrap();
+    let child = env
+        .cairn(["fork", "src@v1", "copy", "--dir", "forks/copy"])
+        .spawn();
+    // Kill it once some files are written, wherever it writes them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while walk_count(&env.path("forks")) <= 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fork wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let mut child = child;
+    child.kill().unwrap();
+    assert_eq!(finish(child).code, None, "killed midway");
+    assert!(!env.path("forks/copy").exists(), "no partial directory");
+    env.cairn(["fork", "src@v1", "copy", "--dir", "forks/copy"])
+        .json();
+    assert_same(
+        &snapshot(&env.path("forks/copy")),
+        &want,
+        "the fork run again",
+    );
+    let names: Vec<_> = std::fs::read_dir(env.path("forks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["copy"], "the dead fork's staging directory is gone");
+    env.cairn(["check"]).ok();
+}
+
+/// Entries below `dir`, not following symlinks.
+fn walk_count(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            1 + if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk_count(&p)
+            } else {
+                0
+            }
+        })
+        .sum()
+}

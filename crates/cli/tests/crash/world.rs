@@ -413,21 +413,29 @@ impl World {
         if exists {
             // The machine is registered only after its directory is complete.
             assert_same(&snapshot(&dir), &self.known[&source], "a forked directory");
+        } else if dir.exists() {
+            // Killed between the directory's appearance and the machine's registration: the
+            // directory is complete, and adopting it gives the machine.
+            assert_same(
+                &snapshot(&dir),
+                &self.known[&source],
+                "an unregistered fork",
+            );
+            self.env.machine(&name, &dir);
         } else {
-            // The next fork under the same name, into a new directory, succeeds.
-            let retry = self.env.path(&format!("forks/{name}-retry"));
+            // A killed fork leaves nothing behind: running it again just works.
             self.env
                 .cairn(["fork", &source, &name, "--dir"])
-                .arg(&retry)
+                .arg(&dir)
                 .json();
-            assert_same(&snapshot(&retry), &self.known[&source], "a retried fork");
-            self.drop_fork(&name, &retry);
+            assert_same(&snapshot(&dir), &self.known[&source], "a fork run again");
         }
-        if exists {
-            self.drop_fork(&name, &dir);
-        } else {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        self.drop_fork(&name, &dir);
+        let leftovers: Vec<_> = std::fs::read_dir(self.env.path("forks"))
+            .expect("read forks")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(leftovers.is_empty(), "trial {t}: leftovers {leftovers:?}");
         out.killed && reported.is_none()
     }
 

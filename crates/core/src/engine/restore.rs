@@ -308,18 +308,27 @@ impl Repo {
                 )));
             }
             let _lock = self.lock_machine(&opts.name, "fork")?;
-            let dir = self.prepare_new_dir(&opts.dir)?;
+            // Built beside its final path and renamed into place when complete, so a fork
+            // that dies midway leaves the directory as it was and can simply be run again.
+            let (dir, staging) = self.prepare_fork_dir(&opts.dir, &opts.name)?;
             let _session = self.begin_session("fork")?;
-            let src = BlobSource::new(&self.store, &self.catalog_path())?;
-            let root = Dir::open(&dir)?;
-            progress.phase("forking", Some(target.logical_bytes));
-            let mut mat =
-                Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
-            let top = root_node(&src, target.root)?;
-            let top_tree = dir_tree(&top)?;
-            mat.apply_dir(&root, &[], None, top_tree)?;
-            mat.finish(&top, true)?;
-            let applied = std::mem::take(&mut mat.applied);
+            let built = (|| -> Result<Applied> {
+                let src = BlobSource::new(&self.store, &self.catalog_path())?;
+                let root = Dir::open(&staging)?;
+                progress.phase("forking", Some(target.logical_bytes));
+                let mut mat =
+                    Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
+                let top = root_node(&src, target.root)?;
+                let top_tree = dir_tree(&top)?;
+                mat.apply_dir(&root, &[], None, top_tree)?;
+                mat.finish(&top, true)?;
+                let applied = std::mem::take(&mut mat.applied);
+                publish_dir(&staging, &dir)?;
+                Ok(applied)
+            })();
+            let applied = built.inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&staging);
+            })?;
             let m = self.register_machine(&opts.name, &dir)?;
             let copts = CheckpointOptions {
                 name: None,
@@ -359,6 +368,20 @@ impl Repo {
         self.audit("fork", Some(&opts.name), Some(&r.to_string()), &detail);
         result
     }
+}
+
+/// Renames the complete `staging` directory to `dir` (new, or an empty directory it replaces)
+/// and makes the rename durable before the machine is registered.
+fn publish_dir(staging: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| EngineError::Io { op, path, source }
+    };
+    std::fs::rename(staging, dir).map_err(io("move the forked directory into place", dir))?;
+    let parent = dir.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::File::open(parent)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync directory", parent))
 }
 
 /// The node of the machine directory itself in a checkpoint root.
