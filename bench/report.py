@@ -101,8 +101,11 @@ def targets(name, s):
 
 def render(res, peers_text):
     m = res["machine"]
+    reps = ", ".join(f"{n}: {s['reps']}" for n, s in res["sets"].items())
     kind = "a **--quick smoke run** (1 repetition, small root filesystem only)" if res["quick"] \
-        else f"a full run, {res['reps']} repetitions per tool"
+        else f"repetitions per tool — {reps}"
+    if res.get("partial"):
+        kind += " (**partial**: the run was still going when this was written)"
     cache = "dropped before every timed step, for every tool" if res["drop_caches"] \
         else "warm (not dropped; the machine is shared), the same for every tool"
     parts = [
@@ -152,6 +155,10 @@ def render(res, peers_text):
             "Stored bytes after the step (MB):",
             "",
             table(s, "stored", lambda v: f"{v / MB:.0f}", False),
+            "",
+            "CPU time, user + system (s; median):",
+            "",
+            table(s, "cpu", lambda v: f"{v:.1f}", False),
             "",
             "Peak RSS (MiB):",
             "",
