@@ -39,7 +39,9 @@ KNOWN_LOSSES = {
              "mtime:.": "the extracted directory's own mtime is not restored (an archive of `.`)"},
     "casync": {"link": "no hardlinks: each path of a hardlinked file is extracted as its own copy",
                "nlink": "no hardlinks: each path of a hardlinked file is extracted as its own copy"},
-    "ostree": {"mtime": "ostree stores no timestamps: files check out with mtime 0, directories with the checkout time"},
+    "ostree": {"mtime": "ostree stores no timestamps: files check out with mtime 0, directories with the checkout time",
+               "link": "a copying checkout (--force-copy) makes each path of a hardlinked file its own copy",
+               "nlink": "a copying checkout (--force-copy) makes each path of a hardlinked file its own copy"},
 }
 FIELDS = ["type", "mode", "uid", "gid", "size", "mtime", "nlink", "link", "data", "xattrs"]
 
