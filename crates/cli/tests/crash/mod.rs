@@ -138,6 +138,59 @@ fn a_killed_fork_leaves_nothing_and_runs_again() {
     env.cairn(["check"]).ok();
 }
 
+/// Regression: `machine show` printed the raw journal of an interrupted restore
+/// (`{"op":"restore","target":1,…}`) where it means the checkpoint being restored.
+#[test]
+fn an_interrupted_restore_is_shown_by_its_target_and_completed_by_the_next_command() {
+    use crate::util::{Env, assert_same, finish, noise, snapshot};
+    let env = Env::new();
+    let dir = env.path("web");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |seed: u64| {
+        for i in 0..40 {
+            std::fs::write(dir.join(format!("f{i}")), noise(500_000, seed + i)).unwrap();
+        }
+    };
+    write(0);
+    env.machine("web", &dir);
+    env.checkpoint("web");
+    let v1 = snapshot(&dir);
+    write(100);
+    env.checkpoint("web");
+    let mut child = env.cairn(["restore", "web@v1"]).spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = env.cairn(["machine", "show", "web"]).json();
+        if !v["interrupted_restore"].is_null() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended too soon"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journal was written"
+        );
+    }
+    child.kill().unwrap();
+    assert_eq!(finish(child).code, None, "killed midway");
+    let v = env.cairn(["machine", "show", "web"]).json();
+    assert_eq!(v["interrupted_restore"], "web@v1", "{v}");
+    let run = env.cairn(["machine", "show", "web"]).ok();
+    assert!(
+        run.stderr.contains("a restore to web@v1 was interrupted"),
+        "{}",
+        run.stderr
+    );
+    let v = env.cairn(["checkpoint", "create", "web"]).json();
+    assert_eq!(v["checkpoint"]["id"], "web@v3");
+    assert_same(&snapshot(&dir), &v1, "the completed restore");
+    let v = env.cairn(["machine", "show", "web"]).json();
+    assert!(v["interrupted_restore"].is_null(), "{v}");
+    assert_eq!(v["head"], "web@v3", "{v}");
+}
+
 /// Entries below `dir`, not following symlinks.
 fn walk_count(dir: &std::path::Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {

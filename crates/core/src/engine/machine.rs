@@ -29,7 +29,8 @@ pub struct MachineInfo {
     /// The checkpoint the live state descends from, e.g. `web@v3`.
     pub head: Option<String>,
     pub latest: Option<String>,
-    /// Set when a restore was interrupted; the next command on the machine completes it.
+    /// The target of a restore that was interrupted (`web@v2`, or `web@v2:/etc` for one path);
+    /// the next command on the machine completes it.
     pub interrupted_restore: Option<String>,
 }
 
@@ -298,7 +299,7 @@ impl Repo {
             checkpoints: cps.len() as u64,
             head,
             latest: cps.last().map(|c| format!("{}@v{}", m.name, c.version)),
-            interrupted_restore: m.pending.clone(),
+            interrupted_restore: m.pending.as_deref().map(super::restore::journal_target),
         })
     }
 

@@ -63,6 +63,17 @@ struct Journal {
     path: Option<Vec<Vec<u8>>>,
 }
 
+/// What an interrupted restore was restoring, from its journal: `web@v2` or `web@v2:/etc`.
+pub(crate) fn journal_target(pending: &str) -> String {
+    match serde_json::from_str::<Journal>(pending) {
+        Ok(j) => match &j.path {
+            Some(p) if !p.is_empty() => format!("{}:{}", j.target_ref, display(p)),
+            _ => j.target_ref,
+        },
+        Err(_) => "an unknown checkpoint (its journal is unreadable)".to_owned(),
+    }
+}
+
 impl Repo {
     /// Restores a machine in place to a checkpoint (or one subtree of it).
     pub fn restore(
@@ -449,5 +460,30 @@ fn fold_cache(cache: &mut StatCache, applied: &Applied) {
     }
     for (path, entry) in &applied.cache {
         cache.entries.insert(path.clone(), entry.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_restore_is_shown_by_its_target_not_its_journal() {
+        let j = |path: Option<Vec<Vec<u8>>>| {
+            serde_json::to_string(&Journal {
+                op: "restore".into(),
+                target: 7,
+                target_ref: "web@v2".into(),
+                path,
+            })
+            .unwrap()
+        };
+        assert_eq!(journal_target(&j(None)), "web@v2");
+        assert_eq!(journal_target(&j(Some(vec![]))), "web@v2");
+        assert_eq!(
+            journal_target(&j(Some(vec![b"etc".to_vec(), b"nginx".to_vec()]))),
+            "web@v2:/etc/nginx"
+        );
+        assert!(journal_target("{").contains("unreadable"));
     }
 }
