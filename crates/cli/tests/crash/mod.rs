@@ -1,5 +1,5 @@
-//! The crash harness: SIGKILL `cairn` at random instants during checkpoint, restore, gc (after
-//! deletes) and fork, and after every kill prove that
+//! The crash harness: SIGKILL `cairn` at random instants during checkpoint, restore, checkpoint
+//! delete, gc and fork, and after every kill prove that
 //!
 //! - `cairn check` passes and the next commands succeed with no manual repair;
 //! - every checkpoint that exists (each one reported created, and any that was not reported but

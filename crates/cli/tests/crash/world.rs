@@ -28,6 +28,8 @@ enum Op {
     Restore,
     Gc,
     Fork,
+    /// Killed too, but as part of a gc trial (it makes the garbage).
+    Delete,
 }
 
 /// Trials run and how many of them were killed before the command finished, per kind.
@@ -39,6 +41,8 @@ pub struct Stats {
     interrupted_restores: u64,
     undone: u64,
     unreported_commits: u64,
+    /// Checkpoint deletes run before gc trials, and how many of them were killed.
+    deletes: (u64, u64),
 }
 
 impl fmt::Display for Stats {
@@ -49,8 +53,13 @@ impl fmt::Display for Stats {
         }
         write!(
             f,
-            "{} restores left a journal, {} of them undone; {} checkpoints committed but not reported)",
-            self.interrupted_restores, self.undone, self.unreported_commits
+            "{} restores left a journal, {} of them undone; {} checkpoints committed but not \
+             reported; {} of {} deletes killed)",
+            self.interrupted_restores,
+            self.undone,
+            self.unreported_commits,
+            self.deletes.1,
+            self.deletes.0
         )
     }
 }
@@ -134,6 +143,10 @@ impl World {
             .json();
         w.est.insert(Op::Fork, start.elapsed());
         w.drop_fork("calibration", &fork_dir);
+        let start = Instant::now();
+        w.env.cairn(["checkpoint", "delete", "m@v2"]).json();
+        w.est.insert(Op::Delete, start.elapsed());
+        w.known.remove("m@v2");
         eprintln!("measured durations: {:?}", w.est);
         w
     }
@@ -165,6 +178,7 @@ impl World {
             Op::Restore => self.trial_restore(t),
             Op::Gc => self.trial_gc(t),
             Op::Fork => self.trial_fork(t),
+            Op::Delete => unreachable!("deletes run inside gc trials"),
         };
         let e = self.stats.by_op.entry(op).or_default();
         e.0 += 1;
@@ -211,6 +225,12 @@ impl World {
             );
             let e = self.est.get_mut(&op).expect("calibrated");
             *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+        } else {
+            // The store grows, so commands slow down: an estimate that only kills would never
+            // learn it, and the end of the command would never be hit. Creep up until runs
+            // finish again.
+            let e = self.est.get_mut(&op).expect("calibrated");
+            *e = e.mul_f64(1.03);
         }
         Outcome { run, killed }
     }
@@ -374,8 +394,24 @@ impl World {
         for _ in 0..deletes {
             let ids: Vec<String> = self.known.keys().cloned().collect();
             let id = self.rng.pick(&ids).clone();
-            self.env.cairn(["checkpoint", "delete", &id]).json();
-            self.known.remove(&id);
+            let args: Vec<OsString> = vec!["checkpoint".into(), "delete".into(), id.clone().into()];
+            let out = self.run_killed(Op::Delete, &args, t);
+            self.stats.deletes.0 += 1;
+            self.stats.deletes.1 += u64::from(out.killed);
+            self.check(t, false);
+            // A killed delete may or may not have happened; it never half-happens.
+            let listed = self.env.cairn(["checkpoint", "list", MACHINE]).json();
+            let gone = !listed.to_string().contains(&format!("\"{id}\""));
+            assert!(
+                gone || out.killed,
+                "trial {t}: {id} was deleted but is listed"
+            );
+            if gone {
+                self.known.remove(&id);
+            }
+            if gone && self.env.cairn(["checkpoint", "show", &id]).run().code != Some(1) {
+                panic!("trial {t}: {id} is not listed but can still be shown");
+            }
         }
         let mut args: Vec<OsString> = vec!["gc".into(), "--grace".into(), "0s".into()];
         if self.rng.chance(50) {
