@@ -286,8 +286,8 @@ def machine_info(work):
                     return line.split(":", 1)[1].strip()
         return "?"
     mem_kib = int(first("/proc/meminfo", "MemTotal").split()[0])
-    df = subprocess.run(["df", "-T", "--output=fstype,source", work], capture_output=True, text=True)
-    fstype = df.stdout.split("\n")[1].split()[0] if df.returncode == 0 else "?"
+    df = subprocess.run(["df", "--output=fstype", work], capture_output=True, text=True)
+    fstype = df.stdout.split()[-1] if df.returncode == 0 else "?"
     return {"cpu": first("/proc/cpuinfo", "model name"), "cores": os.cpu_count(),
             "memory": f"{mem_kib / 1048576:.0f} GiB", "kernel": platform.release(),
             "filesystem": fstype}
@@ -304,7 +304,9 @@ def versions():
         except OSError:
             text = "?"
         lines = [l.strip() for l in text.splitlines() if l.strip()]
-        out[tool] = " ".join(lines[:2]) if tool == "ostree" else (lines[0] if lines else "?")
+        if tool == "ostree":
+            lines = [f"ostree {l.split(':', 1)[1].strip(chr(39) + ' ')}" for l in lines if l.startswith("Version")]
+        out[tool] = lines[0] if lines else "?"
     return out
 
 

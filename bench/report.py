@@ -34,7 +34,7 @@ def table(s, key, fmt, with_ratio):
         cells = []
         for t in tools:
             v = med(runs[t], step, key)
-            cell = fmt(v) if v is not None else ""
+            cell = fmt(v) if v is not None and not (key == "stored" and t == "cp") else ""
             if with_ratio and t != "cairn" and v and mine:
                 cell += f" ({mine / v:.2f}×)"
             if key == "time" and verdicts(runs[t], step) == "MISMATCH":
@@ -178,3 +178,17 @@ def render(res, peers_text):
     parts += ["", "## Exact commands", "", "`bench/peers.sh`, the functions timed in each step "
               "(`save` = S1–S3, `restore` = S4–S5, `fork` = S6):", "", "```bash", peers_text.rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    # Re-renders a report from a run's results.json: report.py RESULTS.json OUT.md
+    import json
+    import os
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(sys.argv[1]) as f:
+        results = json.load(f)
+    with open(os.path.join(here, "peers.sh")) as f:
+        text = render(results, f.read())
+    with open(sys.argv[2], "w") as f:
+        f.write(text)
