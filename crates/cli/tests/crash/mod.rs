@@ -48,10 +48,11 @@ fn run(name: &str, trials: u64, salt: u64, mix: Mix) {
     w.finish();
     let s = w.stats();
     eprintln!("{name}: {s}");
-    // A harness whose kills never land proves nothing: most trials must really be killed.
+    // A harness whose kills never land proves nothing. Uniform kills over 1.2 × the duration
+    // stop about 80% of runs; a third leaves room for a loaded machine's jitter.
     assert_eq!(s.trials, trials, "every trial ran");
     assert!(
-        s.killed * 2 >= s.trials,
+        s.killed * 3 >= s.trials,
         "only {} of {} trials were killed mid-command: {s}",
         s.killed,
         s.trials

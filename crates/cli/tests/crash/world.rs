@@ -81,6 +81,7 @@ pub struct World {
     live: Snapshot,
     /// Measured duration of each command, for picking kill instants.
     est: HashMap<Op, Duration>,
+    kills_in_a_row: HashMap<Op, u32>,
     stats: Stats,
     serial: u64,
 }
@@ -115,6 +116,7 @@ impl World {
             known: BTreeMap::new(),
             live: Snapshot::new(),
             est: HashMap::new(),
+            kills_in_a_row: HashMap::new(),
             stats: Stats::default(),
             serial: 0,
         };
@@ -225,12 +227,18 @@ impl World {
             );
             let e = self.est.get_mut(&op).expect("calibrated");
             *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+            self.kills_in_a_row.insert(op, 0);
         } else {
-            // The store grows, so commands slow down: an estimate that only kills would never
-            // learn it, and the end of the command would never be hit. Creep up until runs
-            // finish again.
-            let e = self.est.get_mut(&op).expect("calibrated");
-            *e = e.mul_f64(1.03);
+            // The store grows, so commands slow down: an estimate learnt only from finished
+            // runs would stop being corrected once every run is killed, and the end of the
+            // command would never be hit. After many kills in a row, widen it.
+            let n = self.kills_in_a_row.entry(op).or_default();
+            *n += 1;
+            if *n >= 8 {
+                *n = 0;
+                let e = self.est.get_mut(&op).expect("calibrated");
+                *e = e.mul_f64(1.25);
+            }
         }
         Outcome { run, killed }
     }
