@@ -57,6 +57,10 @@ def targets(name, s):
     runs = s["runs"]
     c = runs.get("cairn", [])
     out = []
+    missing = [p for p in PEERS if p not in runs]
+    if missing:
+        out.append(f"- Not measured on this root filesystem: {', '.join(missing)}; the targets "
+                   "below compare against the peers that were, so they are incomplete.")
 
     def line(ok, text):
         if ok is None:
@@ -115,6 +119,7 @@ def render(res, peers_text):
         f"{res['elapsed'] / 60:.0f} min. The machine is shared with other builds and tests, so "
         "compare the ratios within this run rather than absolute times.",
         "",
+    ] + ([res["note"], ""] if res.get("note") else []) + [
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} memory, kernel {m['kernel']}, "
         f"{m['filesystem']} (repositories, machine directories and root filesystems on the same disk)",
         "- Versions: " + "; ".join(f"{v}" for v in res["versions"].values()),
@@ -174,7 +179,8 @@ def render(res, peers_text):
             "",
         ]
     parts += ["## What the peers do not keep", ""]
-    parts += [f"- {t}: {f} — {why}" for t, losses in KNOWN_LOSSES.items() for f, why in losses.items()]
+    parts += [f"- {t}: `{f.replace(':.', '')}`{' of the directory itself' if f.endswith(':.') else ''} — {why}"
+              for t, losses in KNOWN_LOSSES.items() for f, why in losses.items()]
     parts += ["", "## Exact commands", "", "`bench/peers.sh`, the functions timed in each step "
               "(`save` = S1–S3, `restore` = S4–S5, `fork` = S6):", "", "```bash", peers_text.rstrip(), "```", ""]
     return "\n".join(parts)
