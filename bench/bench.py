@@ -35,7 +35,13 @@ STEPS = [
 KNOWN_LOSSES = {
     "restic": {"mode:.": "the restored directory's own mode is not restored (a snapshot of `.`)",
                "mtime:.": "the restored directory's own mtime is not restored (a snapshot of `.`)"},
-    "ostree": {"mtime": "ostree stores no timestamps: files check out with mtime 0, directories with the checkout time"},
+    "borg": {"mode:.": "the extracted directory's own mode is not restored (an archive of `.`)",
+             "mtime:.": "the extracted directory's own mtime is not restored (an archive of `.`)"},
+    "casync": {"link": "no hardlinks: each path of a hardlinked file is extracted as its own copy",
+               "nlink": "no hardlinks: each path of a hardlinked file is extracted as its own copy"},
+    "ostree": {"mtime": "ostree stores no timestamps: files check out with mtime 0, directories with the checkout time",
+               "link": "a copying checkout (--force-copy) makes each path of a hardlinked file its own copy",
+               "nlink": "a copying checkout (--force-copy) makes each path of a hardlinked file its own copy"},
 }
 FIELDS = ["type", "mode", "uid", "gid", "size", "mtime", "nlink", "link", "data", "xattrs"]
 
@@ -200,7 +206,7 @@ class Runner:
                     C=f"{w}/{tool}/C", SRC=self.src)
 
     def call(self, tool, fn, arg="", timed=True):
-        """Runs one peers.sh function; returns (wall seconds, peak RSS in KiB)."""
+        """Runs one peers.sh function; returns (wall s, peak RSS KiB, CPU s: user + system)."""
         env = self.env(tool)
         if timed:
             subprocess.run(["sync"], check=True)
@@ -213,7 +219,7 @@ class Runner:
             log.write(f"--- {fn} {arg}\n")
             log.flush()
             start = time.monotonic()
-            rc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss, "bash", "-c",
+            rc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rss, "bash", "-c",
                                  f'source "{PEERS}"; {tool}_{fn} {arg}'],
                                 env=env, stdout=log, stderr=log).returncode
             wall = time.monotonic() - start
@@ -221,8 +227,8 @@ class Runner:
             loud(f"{label(tool)} {fn} {arg} failed (exit {rc}); see {self.logdir}/{tool}.log")
             raise RuntimeError(f"{tool} {fn} failed")
         with open(rss) as f:
-            kib = int(f.read().split()[-1])
-        return wall, kib
+            kib, user, system = f.read().split()[-3:]
+        return wall, int(kib), float(user) + float(system)
 
     def stored(self, tool):
         return tree_size(self.env(tool)["R"])
@@ -236,10 +242,10 @@ class Runner:
         out = {}
 
         def record(step, t_rss, verify=None):
-            out[step] = {"time": t_rss[0], "rss": t_rss[1], "stored": self.stored(tool),
-                         "verify": verify}
+            out[step] = {"time": t_rss[0], "rss": t_rss[1], "cpu": t_rss[2],
+                         "stored": self.stored(tool), "verify": verify}
             note = f" verify={verify}" if verify else ""
-            say(f"  {label(tool):7s} {step} {t_rss[0]:8.2f} s  {t_rss[1] / 1024:7.0f} MiB RSS{note}")
+            say(f"  {label(tool):7s} {step} {t_rss[0]:8.2f} s  {t_rss[1] / 1024:7.0f} MiB RSS {t_rss[2]:7.2f} s CPU{note}")
 
         if tool == "cp":
             record("S6", self.call(tool, "fork"), verdict(tool, "S6", fs["s2"], manifest(F)))
@@ -280,8 +286,8 @@ def machine_info(work):
                     return line.split(":", 1)[1].strip()
         return "?"
     mem_kib = int(first("/proc/meminfo", "MemTotal").split()[0])
-    df = subprocess.run(["df", "-T", "--output=fstype,source", work], capture_output=True, text=True)
-    fstype = df.stdout.split("\n")[1].split()[0] if df.returncode == 0 else "?"
+    df = subprocess.run(["df", "--output=fstype", work], capture_output=True, text=True)
+    fstype = df.stdout.split()[-1] if df.returncode == 0 else "?"
     return {"cpu": first("/proc/cpuinfo", "model name"), "cores": os.cpu_count(),
             "memory": f"{mem_kib / 1048576:.0f} GiB", "kernel": platform.release(),
             "filesystem": fstype}
@@ -298,14 +304,31 @@ def versions():
         except OSError:
             text = "?"
         lines = [l.strip() for l in text.splitlines() if l.strip()]
-        out[tool] = " ".join(lines[:2]) if tool == "ostree" else (lines[0] if lines else "?")
+        if tool == "ostree":
+            lines = [f"ostree {l.split(':', 1)[1].strip(chr(39) + ' ')}" for l in lines if l.startswith("Version")]
+        out[tool] = lines[0] if lines else "?"
     return out
+
+
+def write_report(args, results, started, final):
+    """Writes results.json and the report; called after each root filesystem, so a run cut
+    short still leaves what it measured (labelled as partial)."""
+    results["elapsed"] = time.monotonic() - started
+    results["partial"] = not final
+    with open(os.path.join(args.cache, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    import report
+    text = report.render(results, open(PEERS).read())
+    with open(args.out, "w") as f:
+        f.write(text)
+    return text
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cache", required=True)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--large-reps", type=int)
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--out", required=True)
     p.add_argument("--pkgset", default="")
@@ -315,12 +338,14 @@ def main():
     args = p.parse_args()
     tools = [t for t in TOOLS if t in args.tools.split(",")]
     work = os.path.join(args.cache, "work")
+    sys.path.insert(0, HERE)
     started = time.monotonic()
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine_info(args.cache), "versions": versions(), "reps": args.reps,
+               "machine": machine_info(args.cache), "versions": versions(),
                "quick": args.quick, "drop_caches": args.drop_caches, "pkgset": args.pkgset,
                "sets": {}}
     for name in args.sets:
+        reps = args.large_reps if name == "large" and args.large_reps else args.reps
         base, after = os.path.join(args.cache, name, "base"), os.path.join(args.cache, name, "after")
         say(f"{name}: manifests of the S1 and S2 states")
         fs = {"base": base, "after": after, "s1": manifest(base), "s2": manifest(after)}
@@ -329,10 +354,10 @@ def main():
         runner.src = after
         shutil.rmtree(work, ignore_errors=True)
         runs = {t: [] for t in tools}
-        for rep in range(args.reps):
+        for rep in range(reps):
             order = tools[rep % len(tools):] + tools[:rep % len(tools)]  # rotate: no tool always first
             for tool in order:
-                say(f"{name} rep {rep + 1}/{args.reps}: {label(tool)}")
+                say(f"{name} rep {rep + 1}/{reps}: {label(tool)}")
                 try:
                     runs[tool].append(runner.scenario(tool, fs))
                 except RuntimeError:
@@ -341,17 +366,9 @@ def main():
         results["sets"][name] = {
             "bytes": tree_size(base), "entries": len(fs["s1"]),
             "after_bytes": tree_size(after), "after_entries": len(fs["s2"]),
-            "edits": fs["edits"], "runs": runs}
-    results["elapsed"] = time.monotonic() - started
-    os.makedirs(args.cache, exist_ok=True)
-    with open(os.path.join(args.cache, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    sys.path.insert(0, HERE)
-    import report
-    text = report.render(results, open(PEERS).read())
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+            "reps": reps, "edits": fs["edits"], "runs": runs}
+        write_report(args, results, started, final=name == args.sets[-1])
+    print(write_report(args, results, started, final=True))
     say(f"wrote {args.out} ({results['elapsed'] / 60:.1f} min); raw results in {args.cache}/results.json")
 
 

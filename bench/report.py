@@ -34,7 +34,7 @@ def table(s, key, fmt, with_ratio):
         cells = []
         for t in tools:
             v = med(runs[t], step, key)
-            cell = fmt(v) if v is not None else ""
+            cell = fmt(v) if v is not None and not (key == "stored" and t == "cp") else ""
             if with_ratio and t != "cairn" and v and mine:
                 cell += f" ({mine / v:.2f}×)"
             if key == "time" and verdicts(runs[t], step) == "MISMATCH":
@@ -57,6 +57,10 @@ def targets(name, s):
     runs = s["runs"]
     c = runs.get("cairn", [])
     out = []
+    missing = [p for p in PEERS if p not in runs]
+    if missing:
+        out.append(f"- Not measured on this root filesystem: {', '.join(missing)}; the targets "
+                   "below compare against the peers that were, so they are incomplete.")
 
     def line(ok, text):
         if ok is None:
@@ -101,8 +105,11 @@ def targets(name, s):
 
 def render(res, peers_text):
     m = res["machine"]
+    reps = ", ".join(f"{n}: {s['reps']}" for n, s in res["sets"].items())
     kind = "a **--quick smoke run** (1 repetition, small root filesystem only)" if res["quick"] \
-        else f"a full run, {res['reps']} repetitions per tool"
+        else f"repetitions per tool — {reps}"
+    if res.get("partial"):
+        kind += " (**partial**: the run was still going when this was written)"
     cache = "dropped before every timed step, for every tool" if res["drop_caches"] \
         else "warm (not dropped; the machine is shared), the same for every tool"
     parts = [
@@ -112,6 +119,7 @@ def render(res, peers_text):
         f"{res['elapsed'] / 60:.0f} min. The machine is shared with other builds and tests, so "
         "compare the ratios within this run rather than absolute times.",
         "",
+    ] + ([res["note"], ""] if res.get("note") else []) + [
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} memory, kernel {m['kernel']}, "
         f"{m['filesystem']} (repositories, machine directories and root filesystems on the same disk)",
         "- Versions: " + "; ".join(f"{v}" for v in res["versions"].values()),
@@ -153,6 +161,10 @@ def render(res, peers_text):
             "",
             table(s, "stored", lambda v: f"{v / MB:.0f}", False),
             "",
+            "CPU time, user + system (s; median):",
+            "",
+            table(s, "cpu", lambda v: f"{v:.1f}", False),
+            "",
             "Peak RSS (MiB):",
             "",
             table(s, "rss", lambda v: f"{v / 1024:.0f}", False),
@@ -167,7 +179,22 @@ def render(res, peers_text):
             "",
         ]
     parts += ["## What the peers do not keep", ""]
-    parts += [f"- {t}: {f} — {why}" for t, losses in KNOWN_LOSSES.items() for f, why in losses.items()]
+    parts += [f"- {t}: `{f.replace(':.', '')}`{' of the directory itself' if f.endswith(':.') else ''} — {why}"
+              for t, losses in KNOWN_LOSSES.items() for f, why in losses.items()]
     parts += ["", "## Exact commands", "", "`bench/peers.sh`, the functions timed in each step "
               "(`save` = S1–S3, `restore` = S4–S5, `fork` = S6):", "", "```bash", peers_text.rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    # Re-renders a report from a run's results.json: report.py RESULTS.json OUT.md
+    import json
+    import os
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(sys.argv[1]) as f:
+        results = json.load(f)
+    with open(os.path.join(here, "peers.sh")) as f:
+        text = render(results, f.read())
+    with open(sys.argv[2], "w") as f:
+        f.write(text)

@@ -1,5 +1,5 @@
-//! The crash harness: SIGKILL `cairn` at random instants during checkpoint, restore, gc (after
-//! deletes) and fork, and after every kill prove that
+//! The crash harness: SIGKILL `cairn` at random instants during checkpoint, restore, checkpoint
+//! delete, gc and fork, and after every kill prove that
 //!
 //! - `cairn check` passes and the next commands succeed with no manual repair;
 //! - every checkpoint that exists (each one reported created, and any that was not reported but
@@ -48,10 +48,11 @@ fn run(name: &str, trials: u64, salt: u64, mix: Mix) {
     w.finish();
     let s = w.stats();
     eprintln!("{name}: {s}");
-    // A harness whose kills never land proves nothing: most trials must really be killed.
+    // A harness whose kills never land proves nothing. Uniform kills over 1.2 × the duration
+    // stop about 80% of runs; a third leaves room for a loaded machine's jitter.
     assert_eq!(s.trials, trials, "every trial ran");
     assert!(
-        s.killed * 2 >= s.trials,
+        s.killed * 3 >= s.trials,
         "only {} of {} trials were killed mid-command: {s}",
         s.killed,
         s.trials
@@ -90,4 +91,120 @@ fn crash_during_gc_delete_and_fork() {
             fork: 15,
         },
     );
+}
+
+/// Regression: a fork killed midway left a half-written directory, and running the same fork
+/// again failed because the directory was not empty.
+#[test]
+fn a_killed_fork_leaves_nothing_and_runs_again() {
+    use crate::util::{Env, assert_same, finish, noise, snapshot};
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("a/f{i}")), noise(500_000, i)).unwrap();
+    }
+    env.machine("src", &src);
+    env.checkpoint("src");
+    let want = snapshot(&src);
+    std::fs::create_dir_all(env.path("forks")).unwrap();
+    let child = env
+        .cairn(["fork", "src@v1", "copy", "--dir", "forks/copy"])
+        .spawn();
+    // Kill it once some files are written, wherever it writes them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while walk_count(&env.path("forks")) <= 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fork wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let mut child = child;
+    child.kill().unwrap();
+    assert_eq!(finish(child).code, None, "killed midway");
+    assert!(!env.path("forks/copy").exists(), "no partial directory");
+    env.cairn(["fork", "src@v1", "copy", "--dir", "forks/copy"])
+        .json();
+    assert_same(
+        &snapshot(&env.path("forks/copy")),
+        &want,
+        "the fork run again",
+    );
+    let names: Vec<_> = std::fs::read_dir(env.path("forks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["copy"], "the dead fork's staging directory is gone");
+    env.cairn(["check"]).ok();
+}
+
+/// Regression: `machine show` printed the raw journal of an interrupted restore
+/// (`{"op":"restore","target":1,…}`) where it means the checkpoint being restored.
+#[test]
+fn an_interrupted_restore_is_shown_by_its_target_and_completed_by_the_next_command() {
+    use crate::util::{Env, assert_same, finish, noise, snapshot};
+    let env = Env::new();
+    let dir = env.path("web");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |seed: u64| {
+        for i in 0..40 {
+            std::fs::write(dir.join(format!("f{i}")), noise(500_000, seed + i)).unwrap();
+        }
+    };
+    write(0);
+    env.machine("web", &dir);
+    env.checkpoint("web");
+    let v1 = snapshot(&dir);
+    write(100);
+    env.checkpoint("web");
+    let mut child = env.cairn(["restore", "web@v1"]).spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = env.cairn(["machine", "show", "web"]).json();
+        if !v["interrupted_restore"].is_null() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended too soon"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journal was written"
+        );
+    }
+    child.kill().unwrap();
+    assert_eq!(finish(child).code, None, "killed midway");
+    let v = env.cairn(["machine", "show", "web"]).json();
+    assert_eq!(v["interrupted_restore"], "web@v1", "{v}");
+    let run = env.cairn(["machine", "show", "web"]).ok();
+    assert!(
+        run.stderr.contains("a restore to web@v1 was interrupted"),
+        "{}",
+        run.stderr
+    );
+    let v = env.cairn(["checkpoint", "create", "web"]).json();
+    assert_eq!(v["checkpoint"]["id"], "web@v3");
+    assert_same(&snapshot(&dir), &v1, "the completed restore");
+    let v = env.cairn(["machine", "show", "web"]).json();
+    assert!(v["interrupted_restore"].is_null(), "{v}");
+    assert_eq!(v["head"], "web@v3", "{v}");
+}
+
+/// Entries below `dir`, not following symlinks.
+fn walk_count(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            1 + if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk_count(&p)
+            } else {
+                0
+            }
+        })
+        .sum()
 }

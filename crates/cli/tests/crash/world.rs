@@ -28,6 +28,8 @@ enum Op {
     Restore,
     Gc,
     Fork,
+    /// Killed too, but as part of a gc trial (it makes the garbage).
+    Delete,
 }
 
 /// Trials run and how many of them were killed before the command finished, per kind.
@@ -39,6 +41,8 @@ pub struct Stats {
     interrupted_restores: u64,
     undone: u64,
     unreported_commits: u64,
+    /// Checkpoint deletes run before gc trials, and how many of them were killed.
+    deletes: (u64, u64),
 }
 
 impl fmt::Display for Stats {
@@ -49,8 +53,13 @@ impl fmt::Display for Stats {
         }
         write!(
             f,
-            "{} restores left a journal, {} of them undone; {} checkpoints committed but not reported)",
-            self.interrupted_restores, self.undone, self.unreported_commits
+            "{} restores left a journal, {} of them undone; {} checkpoints committed but not \
+             reported; {} of {} deletes killed)",
+            self.interrupted_restores,
+            self.undone,
+            self.unreported_commits,
+            self.deletes.1,
+            self.deletes.0
         )
     }
 }
@@ -72,6 +81,7 @@ pub struct World {
     live: Snapshot,
     /// Measured duration of each command, for picking kill instants.
     est: HashMap<Op, Duration>,
+    kills_in_a_row: HashMap<Op, u32>,
     stats: Stats,
     serial: u64,
 }
@@ -106,6 +116,7 @@ impl World {
             known: BTreeMap::new(),
             live: Snapshot::new(),
             est: HashMap::new(),
+            kills_in_a_row: HashMap::new(),
             stats: Stats::default(),
             serial: 0,
         };
@@ -134,6 +145,10 @@ impl World {
             .json();
         w.est.insert(Op::Fork, start.elapsed());
         w.drop_fork("calibration", &fork_dir);
+        let start = Instant::now();
+        w.env.cairn(["checkpoint", "delete", "m@v2"]).json();
+        w.est.insert(Op::Delete, start.elapsed());
+        w.known.remove("m@v2");
         eprintln!("measured durations: {:?}", w.est);
         w
     }
@@ -165,6 +180,7 @@ impl World {
             Op::Restore => self.trial_restore(t),
             Op::Gc => self.trial_gc(t),
             Op::Fork => self.trial_fork(t),
+            Op::Delete => unreachable!("deletes run inside gc trials"),
         };
         let e = self.stats.by_op.entry(op).or_default();
         e.0 += 1;
@@ -211,6 +227,18 @@ impl World {
             );
             let e = self.est.get_mut(&op).expect("calibrated");
             *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+            self.kills_in_a_row.insert(op, 0);
+        } else {
+            // The store grows, so commands slow down: an estimate learnt only from finished
+            // runs would stop being corrected once every run is killed, and the end of the
+            // command would never be hit. After many kills in a row, widen it.
+            let n = self.kills_in_a_row.entry(op).or_default();
+            *n += 1;
+            if *n >= 8 {
+                *n = 0;
+                let e = self.est.get_mut(&op).expect("calibrated");
+                *e = e.mul_f64(1.25);
+            }
         }
         Outcome { run, killed }
     }
@@ -374,8 +402,24 @@ impl World {
         for _ in 0..deletes {
             let ids: Vec<String> = self.known.keys().cloned().collect();
             let id = self.rng.pick(&ids).clone();
-            self.env.cairn(["checkpoint", "delete", &id]).json();
-            self.known.remove(&id);
+            let args: Vec<OsString> = vec!["checkpoint".into(), "delete".into(), id.clone().into()];
+            let out = self.run_killed(Op::Delete, &args, t);
+            self.stats.deletes.0 += 1;
+            self.stats.deletes.1 += u64::from(out.killed);
+            self.check(t, false);
+            // A killed delete may or may not have happened; it never half-happens.
+            let listed = self.env.cairn(["checkpoint", "list", MACHINE]).json();
+            let gone = !listed.to_string().contains(&format!("\"{id}\""));
+            assert!(
+                gone || out.killed,
+                "trial {t}: {id} was deleted but is listed"
+            );
+            if gone {
+                self.known.remove(&id);
+            }
+            if gone && self.env.cairn(["checkpoint", "show", &id]).run().code != Some(1) {
+                panic!("trial {t}: {id} is not listed but can still be shown");
+            }
         }
         let mut args: Vec<OsString> = vec!["gc".into(), "--grace".into(), "0s".into()];
         if self.rng.chance(50) {
@@ -413,21 +457,29 @@ impl World {
         if exists {
             // The machine is registered only after its directory is complete.
             assert_same(&snapshot(&dir), &self.known[&source], "a forked directory");
+        } else if dir.exists() {
+            // Killed between the directory's appearance and the machine's registration: the
+            // directory is complete, and adopting it gives the machine.
+            assert_same(
+                &snapshot(&dir),
+                &self.known[&source],
+                "an unregistered fork",
+            );
+            self.env.machine(&name, &dir);
         } else {
-            // The next fork under the same name, into a new directory, succeeds.
-            let retry = self.env.path(&format!("forks/{name}-retry"));
+            // A killed fork leaves nothing behind: running it again just works.
             self.env
                 .cairn(["fork", &source, &name, "--dir"])
-                .arg(&retry)
+                .arg(&dir)
                 .json();
-            assert_same(&snapshot(&retry), &self.known[&source], "a retried fork");
-            self.drop_fork(&name, &retry);
+            assert_same(&snapshot(&dir), &self.known[&source], "a fork run again");
         }
-        if exists {
-            self.drop_fork(&name, &dir);
-        } else {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        self.drop_fork(&name, &dir);
+        let leftovers: Vec<_> = std::fs::read_dir(self.env.path("forks"))
+            .expect("read forks")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(leftovers.is_empty(), "trial {t}: leftovers {leftovers:?}");
         out.killed && reported.is_none()
     }
 

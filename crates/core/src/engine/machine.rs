@@ -29,7 +29,8 @@ pub struct MachineInfo {
     /// The checkpoint the live state descends from, e.g. `web@v3`.
     pub head: Option<String>,
     pub latest: Option<String>,
-    /// Set when a restore was interrupted; the next command on the machine completes it.
+    /// The target of a restore that was interrupted (`web@v2`, or `web@v2:/etc` for one path);
+    /// the next command on the machine completes it.
     pub interrupted_restore: Option<String>,
 }
 
@@ -199,6 +200,60 @@ impl Repo {
         Ok(canon)
     }
 
+    /// Where a fork into `dir` is built before it is renamed to `dir`: `dir` must be new or an
+    /// empty directory; the fork is built in its sibling `.DIRNAME.cairn-fork-MACHINE`. Returns
+    /// (the final path, canonical; the staging directory, freshly created). A staging directory
+    /// left by a fork of `machine` that died is ours to clear: the caller holds the lock of
+    /// `machine`, the only fork that uses this name.
+    pub(crate) fn prepare_fork_dir(&self, dir: &Path, machine: &str) -> Result<(PathBuf, PathBuf)> {
+        let bad = |reason: &str| EngineError::BadDir {
+            path: dir.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if !m.is_dir() => return Err(bad("it exists and is not a directory")),
+            Ok(_) => {
+                let mut it = std::fs::read_dir(dir).map_err(|e| bad(&e.to_string()))?;
+                if it.next().is_some() {
+                    return Err(bad(
+                        "it exists and is not empty; choose a new or empty directory",
+                    ));
+                }
+            }
+            Err(_) => {}
+        }
+        let name = dir
+            .file_name()
+            .ok_or_else(|| bad("it does not end in a directory name"))?;
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(bad("its parent directory does not exist"));
+        }
+        let canon = parent
+            .canonicalize()
+            .map_err(|e| bad(&e.to_string()))?
+            .join(name);
+        self.check_overlaps(&canon, dir)?;
+        let mut staging_name = std::ffi::OsString::from(".");
+        staging_name.push(name);
+        staging_name.push(".cairn-fork-");
+        staging_name.push(machine);
+        let staging = canon.with_file_name(staging_name);
+        let io = |op: &'static str| {
+            let path = staging.clone();
+            move |source| EngineError::Io { op, path, source }
+        };
+        if std::fs::symlink_metadata(&staging).is_ok() {
+            std::fs::remove_dir_all(&staging)
+                .map_err(io("remove a dead fork's staging directory"))?;
+        }
+        std::fs::create_dir(&staging).map_err(io("create the fork's staging directory"))?;
+        Ok((canon, staging))
+    }
+
     /// A machine directory may not overlap the cairn home or another machine.
     fn check_overlaps(&self, canon: &Path, shown: &Path) -> Result<()> {
         let bad = |reason: String| EngineError::BadDir {
@@ -266,7 +321,7 @@ impl Repo {
             checkpoints: cps.len() as u64,
             head,
             latest: cps.last().map(|c| format!("{}@v{}", m.name, c.version)),
-            interrupted_restore: m.pending.clone(),
+            interrupted_restore: m.pending.as_deref().map(super::restore::journal_target),
         })
     }
 

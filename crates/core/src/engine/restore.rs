@@ -66,6 +66,17 @@ struct Journal {
     path: Option<Vec<Vec<u8>>>,
 }
 
+/// What an interrupted restore was restoring, from its journal: `web@v2` or `web@v2:/etc`.
+pub(crate) fn journal_target(pending: &str) -> String {
+    match serde_json::from_str::<Journal>(pending) {
+        Ok(j) => match &j.path {
+            Some(p) if !p.is_empty() => format!("{}:{}", j.target_ref, display(p)),
+            _ => j.target_ref,
+        },
+        Err(_) => "an unknown checkpoint (its journal is unreadable)".to_owned(),
+    }
+}
+
 impl Repo {
     /// Restores a machine in place to a checkpoint (or one subtree of it).
     pub fn restore(
@@ -343,18 +354,27 @@ impl Repo {
                 )));
             }
             let _lock = self.lock_machine(&opts.name, "fork")?;
-            let dir = self.prepare_new_dir(&opts.dir)?;
+            // Built beside its final path and renamed into place when complete, so a fork
+            // that dies midway leaves the directory as it was and can simply be run again.
+            let (dir, staging) = self.prepare_fork_dir(&opts.dir, &opts.name)?;
             let _session = self.begin_session("fork")?;
-            let src = BlobSource::new(&self.store, &self.catalog_path())?;
-            let root = Dir::open(&dir)?;
-            progress.phase("forking", Some(target.logical_bytes));
-            let mut mat =
-                Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
-            let top = root_node(&src, target.root)?;
-            let top_tree = dir_tree(&top)?;
-            mat.apply_dir(&root, &[], None, top_tree)?;
-            mat.finish(&top, true)?;
-            let applied = std::mem::take(&mut mat.applied);
+            let built = (|| -> Result<Applied> {
+                let src = BlobSource::new(&self.store, &self.catalog_path())?;
+                let root = Dir::open(&staging)?;
+                progress.phase("forking", Some(target.logical_bytes));
+                let mut mat =
+                    Materializer::new(&src, &root, ApplyOptions { owners: is_root() }, progress);
+                let top = root_node(&src, target.root)?;
+                let top_tree = dir_tree(&top)?;
+                mat.apply_dir(&root, &[], None, top_tree)?;
+                mat.finish(&top, true)?;
+                let applied = std::mem::take(&mut mat.applied);
+                publish_dir(&staging, &dir)?;
+                Ok(applied)
+            })();
+            let applied = built.inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&staging);
+            })?;
             let m = self.register_machine(&opts.name, &dir)?;
             let copts = CheckpointOptions {
                 name: None,
@@ -395,6 +415,20 @@ impl Repo {
         self.audit("fork", Some(&opts.name), Some(&r.to_string()), &detail);
         result
     }
+}
+
+/// Renames the complete `staging` directory to `dir` (new, or an empty directory it replaces)
+/// and makes the rename durable before the machine is registered.
+fn publish_dir(staging: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| EngineError::Io { op, path, source }
+    };
+    std::fs::rename(staging, dir).map_err(io("move the forked directory into place", dir))?;
+    let parent = dir.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::File::open(parent)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync directory", parent))
 }
 
 /// The node of the machine directory itself in a checkpoint root.
@@ -462,5 +496,30 @@ fn fold_cache(cache: &mut StatCache, applied: &Applied) {
     }
     for (path, entry) in &applied.cache {
         cache.entries.insert(path.clone(), entry.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_restore_is_shown_by_its_target_not_its_journal() {
+        let j = |path: Option<Vec<Vec<u8>>>| {
+            serde_json::to_string(&Journal {
+                op: "restore".into(),
+                target: 7,
+                target_ref: "web@v2".into(),
+                path,
+            })
+            .unwrap()
+        };
+        assert_eq!(journal_target(&j(None)), "web@v2");
+        assert_eq!(journal_target(&j(Some(vec![]))), "web@v2");
+        assert_eq!(
+            journal_target(&j(Some(vec![b"etc".to_vec(), b"nginx".to_vec()]))),
+            "web@v2:/etc/nginx"
+        );
+        assert!(journal_target("{").contains("unreadable"));
     }
 }
