@@ -6,5 +6,6 @@ mod concurrency;
 mod crash;
 mod damage;
 mod errors;
+mod mounted;
 mod tour;
 mod util;

@@ -96,10 +96,11 @@ impl Repo {
         Ok(m)
     }
 
-    /// True when a view is mounted at `lower` and answers.
+    /// True when a view is mounted at `lower` and its server answers. `statfs` always goes to
+    /// the server (attributes may be served from the kernel's cache long after it died).
     fn lower_healthy(lower: &Path) -> bool {
         matches!(mount_at(lower), Ok(Some(e)) if e.fstype.starts_with("fuse"))
-            && std::fs::metadata(lower).is_ok()
+            && rustix::fs::statfs(lower).is_ok()
     }
 
     pub(crate) fn up_locked(&self, m: &MachineRow) -> Result<UpReport> {

@@ -1,0 +1,136 @@
+//! Mounted machines through the real binary: create, up (a detached view server), writes
+//! through the overlay, checkpoint, restore and fork by re-pointing, down; and recovery when
+//! the view's server is killed.
+
+use crate::util::{Env, TestDir, assert_same, snapshot};
+use std::path::PathBuf;
+
+/// Creates `web` from the full fixture with checkpoint web@v1, and `box` over it.
+fn web_and_box(env: &Env) -> (TestDir, PathBuf) {
+    let t = TestDir::full(&env.path("web"));
+    env.machine("web", &t.root);
+    env.checkpoint("web");
+    let v = env
+        .cairn(["machine", "create", "box", "--mounted", "--from", "web@v1"])
+        .json();
+    let at = PathBuf::from(v["at"].as_str().expect("at"));
+    (t, at)
+}
+
+/// Pids of this env's view server of `name`.
+fn server_pids(env: &Env, name: &str) -> Vec<i32> {
+    let home = env.home().display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            args.contains(&&b"serve-lower"[..])
+                && args.contains(&name.as_bytes())
+                && args.contains(&home.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn mounted_machine_end_to_end() {
+    let env = Env::new();
+    let (t, at) = web_and_box(&env);
+    let want = snapshot(&t.root);
+    let up = env.cairn(["machine", "up", "box"]).json();
+    assert_eq!(up["already_up"], false, "{up}");
+    assert_eq!(
+        server_pids(&env, "box").len(),
+        1,
+        "one detached view server"
+    );
+    assert_same(&want, &snapshot(&at), "box over web@v1");
+
+    std::fs::write(at.join("etc/hostname"), b"changed\n").unwrap();
+    std::fs::remove_dir_all(at.join("usr/lib")).unwrap();
+    let changed = snapshot(&at);
+    let c = env.cairn(["checkpoint", "create", "box"]).json();
+    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+
+    let r = env.cairn(["restore", "box@v1"]).json();
+    assert_eq!(r["undo"], "box@v2", "{r}");
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["ingest", "stop", "commit", "remount"]);
+    assert_same(&want, &snapshot(&at), "box restored to v1");
+    assert_eq!(server_pids(&env, "box").len(), 1, "the old server is gone");
+
+    let forks = env.cairn(["fork", "box@v2", "a", "b"]).json();
+    assert_eq!(forks.as_array().map(Vec::len), Some(2), "{forks}");
+    env.cairn(["machine", "up", "a"]).ok();
+    let a_at = PathBuf::from(
+        env.cairn(["machine", "show", "a"]).json()["dir"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_same(&changed, &snapshot(&a_at), "fork a of box@v2");
+    env.cairn(["machine", "down", "a"]).ok();
+
+    let e = env.cairn(["machine", "rm", "box"]).json_error(1);
+    assert!(e.contains("is up"), "{e}");
+    env.cairn(["machine", "down", "box"]).ok();
+    assert!(server_pids(&env, "box").is_empty(), "down stops the server");
+    assert_eq!(std::fs::read_dir(&at).unwrap().count(), 0);
+    env.cairn(["machine", "rm", "box"]).ok();
+    env.cairn(["check", "--read-data"]).ok();
+}
+
+#[test]
+fn killed_view_server_is_recovered_and_nothing_written_is_lost() {
+    let env = Env::new();
+    let (_t, at) = web_and_box(&env);
+    env.cairn(["machine", "up", "box"]).ok();
+    std::fs::write(at.join("kept"), b"written before the crash").unwrap();
+    for pid in server_pids(&env, "box") {
+        // SAFETY: kill has no memory preconditions.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The next command does not hang on the dead mount: a checkpoint reads only the upper.
+    let c = env.cairn(["checkpoint", "create", "box"]).json();
+    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+    let up = env.cairn(["machine", "up", "box"]).json();
+    let recovered = up["recovered"].as_array().expect("recovered");
+    assert!(!recovered.is_empty(), "up says what it found: {up}");
+    assert_eq!(
+        std::fs::read(at.join("kept")).unwrap(),
+        b"written before the crash"
+    );
+    assert!(at.join("etc/hostname").exists(), "the base is served again");
+    env.cairn(["machine", "down", "box"]).ok();
+}
+
+#[test]
+fn mounted_machine_bad_input() {
+    let env = Env::new();
+    let e = env
+        .cairn(["machine", "create", "x", "--mounted", "--from", "nope@v1"])
+        .json_error(1);
+    assert!(e.contains("nope"), "{e}");
+    let e = env
+        .cairn(["machine", "create", "x", "--mounted", "--dir", "/tmp"])
+        .json_error(2);
+    assert!(e.contains("--dir"), "{e}");
+    let d = env.path("d");
+    std::fs::create_dir(&d).unwrap();
+    env.machine("plain", &d);
+    let e = env.cairn(["machine", "up", "plain"]).json_error(1);
+    assert!(e.contains("directory machine"), "{e}");
+    let e = env
+        .cairn(["fork", "plain@v1", "a", "b", "--dir"])
+        .arg(&d)
+        .json_error(2);
+    assert!(e.contains("one NEW_NAME") || e.contains("--dir"), "{e}");
+}
