@@ -8,6 +8,7 @@ mod chunker;
 mod engine;
 mod model;
 mod rootfs;
+mod sandbox;
 mod store;
 
 pub use catalog::{AuditRow, MachineKind};
@@ -18,3 +19,7 @@ pub use engine::{
     RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
+pub use sandbox::{
+    Bind, Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport, RunOptions, SandboxError,
+    run_sandboxed, sandboxed_command, spawn_sandboxed,
+};
