@@ -253,3 +253,77 @@ fn a_leftover_cgroup_is_reused_even_frozen_and_busy_removal_is_refused() {
         .expect("remove");
     assert!(!path.exists());
 }
+
+/// A FUSE mount whose server never answers: every access waits in the kernel, in a wait that
+/// only a fatal signal interrupts, as a machine's process does while a FUSE view is stalled.
+/// Dropping it closes the device, which aborts the connection and fails those waits.
+struct DeafFuse {
+    dir: tempfile::TempDir,
+    dev: Option<fs::File>,
+}
+
+impl DeafFuse {
+    fn mount() -> DeafFuse {
+        use std::os::fd::AsRawFd;
+        let dev = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .expect("open /dev/fuse");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target =
+            std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("path");
+        let opts = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+        let opts = std::ffi::CString::new(opts).expect("options");
+        // SAFETY: valid C strings; the options name an fd that `dev` keeps open.
+        let rc = unsafe {
+            libc::mount(
+                c"cairn-test".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount fuse: {}", std::io::Error::last_os_error());
+        DeafFuse {
+            dir,
+            dev: Some(dev),
+        }
+    }
+}
+
+impl Drop for DeafFuse {
+    fn drop(&mut self) {
+        drop(self.dev.take());
+        let target = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes());
+        if let Ok(target) = target {
+            // SAFETY: a valid C string path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn a_freeze_blocked_by_a_stalled_fuse_request_times_out_and_thaws() {
+    let fuse = DeafFuse::mount();
+    let cg = TestCgroup::new("fuse");
+    let mut reader = Command::new("/bin/cat")
+        .arg(fuse.dir.path().join("file"))
+        .spawn()
+        .expect("spawn cat");
+    // Outside the runner, so joined from here; the race does not matter to this test.
+    fs::write(cg.path().join("cgroup.procs"), reader.id().to_string()).expect("join");
+    std::thread::sleep(Duration::from_millis(100));
+
+    let err = cg.freeze(Duration::from_millis(300)).unwrap_err();
+    assert!(
+        matches!(err, SandboxError::FreezeTimeout { pids: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("FUSE"), "{err}");
+    assert!(!cg.is_frozen().expect("is_frozen"));
+    // SIGKILL does end the wait.
+    cg.kill_all(Duration::from_secs(5)).expect("kill_all");
+    assert!(!reader.wait().expect("wait").success());
+}
