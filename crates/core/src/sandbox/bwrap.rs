@@ -103,17 +103,22 @@ impl RunOptions {
     }
 }
 
-/// Runs the command with the caller's stdin, stdout and stderr and returns its exit status:
-/// the command's exit code, or 128 + the signal number if a signal killed it. Background
-/// processes it leaves are killed with the sandbox's pid namespace when it exits; bubblewrap
-/// reports the exit before its reaper (pid 1 inside) is gone, so the cgroup may still be
-/// populated for a moment after this returns (`kill_all` waits for it to empty).
+/// Runs the command with the caller's stdin, stdout and stderr and returns bubblewrap's exit
+/// status: the command's exit code, or 128 + the signal number if a signal killed the command;
+/// if bubblewrap itself was killed (Ctrl-C, or `kill_all` from a restore), the status carries
+/// that signal instead (`code()` is None). Background processes the command leaves die with
+/// its pid namespace when it exits; bubblewrap reports the exit before its reaper (pid 1
+/// inside) is gone, so the cgroup may still be populated for a moment after this returns
+/// (`kill_all` waits for it to empty).
 ///
-/// Ctrl-C: while it waits, this process ignores SIGINT and SIGQUIT (as `system(3)` does), so
-/// the terminal's signal reaches the command and this process survives to report its status.
-/// bubblewrap's own monitor process does not survive SIGINT, and its exit kills what is left
-/// of the sandbox; a job-control shell inside is unaffected, since it gives the terminal to its
-/// foreground job alone.
+/// Ctrl-C: while it waits, this process ignores SIGINT and SIGQUIT (as `system(3)` does) and
+/// survives to report the status; the command starts with default handling of both. An
+/// interactive command is in the terminal's foreground process group and gets the SIGINT
+/// itself; a job-control shell inside gives the terminal to its foreground job alone, so
+/// Ctrl-C stops that job and the shell stays. bubblewrap's own monitor process does not
+/// survive a SIGINT that reaches it, and its exit SIGKILLs whatever is left in the sandbox: a
+/// non-interactive command (its own session, so the terminal's SIGINT misses it) or one that
+/// catches SIGINT to clean up is therefore ended by that SIGKILL.
 pub fn run_sandboxed(opts: &RunOptions, cgroup: &Cgroup) -> Result<ExitStatus> {
     let mut cmd = sandboxed_command(opts, cgroup)?;
     // Before the fork, so that a Ctrl-C right after it cannot kill this process.

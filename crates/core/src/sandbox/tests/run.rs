@@ -181,3 +181,25 @@ fn a_missing_bwrap_says_how_to_install_it() {
         "the tests need bubblewrap installed (test.sh installs it)"
     );
 }
+
+#[test]
+fn the_command_does_not_inherit_the_ignored_ctrl_c() {
+    let root = MiniRoot::new();
+    let cg = TestCgroup::new("sigint");
+    // run_sandboxed ignores SIGINT and SIGQUIT in this process while it waits.
+    let status = run_sandboxed(&root.sh("cat /proc/self/status > /tmp/status"), &cg).expect("run");
+    assert!(status.success());
+    let text = fs::read_to_string(root.path().join("tmp/status")).expect("status");
+    let ignored = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("SigIgn line");
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        assert_eq!(
+            ignored & (1 << (sig - 1)),
+            0,
+            "signal {sig} ignored: {ignored:x}"
+        );
+    }
+}
