@@ -27,8 +27,10 @@ use std::sync::Mutex;
 /// dropped, in particular CAP_SYS_ADMIN (mount: could remount /proc/sys writable or mount a
 /// cgroup filesystem and leave the machine's cgroup), CAP_DAC_READ_SEARCH (open_by_handle_at
 /// opens any host file by handle), CAP_MKNOD (a device node for the host's disk), CAP_SYS_MODULE,
-/// CAP_SYS_RAWIO, CAP_SYS_PTRACE, CAP_SYS_BOOT and CAP_NET_ADMIN/CAP_NET_RAW (the network is the
-/// host's).
+/// CAP_SYS_RAWIO, CAP_SYS_PTRACE, CAP_SYS_BOOT, CAP_NET_ADMIN/CAP_NET_RAW (the network is the
+/// host's) and CAP_SETPCAP (bubblewrap leaves the bounding set full, so no_new_privs is then the
+/// only bar to regaining the rest on exec; without SETPCAP they cannot even enter the
+/// inheritable set).
 const KEPT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -37,7 +39,6 @@ const KEPT_CAPS: &[&str] = &[
     "CAP_KILL",
     "CAP_SETGID",
     "CAP_SETUID",
-    "CAP_SETPCAP",
     "CAP_SETFCAP",
     "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT",
@@ -139,7 +140,8 @@ pub fn spawn_sandboxed(opts: &RunOptions, cgroup: &Cgroup) -> Result<Child> {
 /// Between fork and exec the child joins `cgroup`: from its first instruction of bubblewrap
 /// on, the child and everything it forks are in the machine's cgroup, so a freeze or kill can
 /// never miss a process that was already running. (Writing the pid from the parent after spawn
-/// would leave a window in which the command runs, and forks, outside it.)
+/// would leave a window in which the command runs, and forks, outside it.) Spawning into a
+/// frozen cgroup therefore blocks until it is thawed: the child stops as it joins.
 pub fn sandboxed_command(opts: &RunOptions, cgroup: &Cgroup) -> Result<Command> {
     validate(opts)?;
     let bwrap = find_bwrap()?;
@@ -211,8 +213,9 @@ pub(super) fn bwrap_args(opts: &RunOptions) -> Vec<OsString> {
         push(&["--cap-add".as_ref(), cap.as_ref()]);
     }
     push(&["--hostname".as_ref(), opts.hostname.as_ref()]);
-    // A plain --bind mounts the root nodev: a device node inside the machine (a tar import can
-    // bring one) cannot open the host's devices. --dev below is the only source of devices.
+    // A plain --bind mounts the root nodev and nosuid: a device node inside the machine (a tar
+    // import can bring one) cannot open the host's devices, and --dev below is the only source
+    // of devices. Setuid bits have no effect inside (the processes are root already).
     push(&["--bind".as_ref(), opts.root.as_ref(), "/".as_ref()]);
     push(&["--proc".as_ref(), "/proc".as_ref()]);
     for p in PROC_READ_ONLY {

@@ -327,3 +327,19 @@ fn a_freeze_blocked_by_a_stalled_fuse_request_times_out_and_thaws() {
     cg.kill_all(Duration::from_secs(5)).expect("kill_all");
     assert!(!reader.wait().expect("wait").success());
 }
+
+#[test]
+fn a_command_started_during_a_freeze_waits_for_the_thaw() {
+    let root = MiniRoot::new();
+    let cg = TestCgroup::new("late");
+    let guard = cg.freeze_guard(Duration::from_secs(10)).expect("freeze");
+    std::thread::scope(|s| {
+        let late = s.spawn(|| output(&root.sh("echo ran"), &cg));
+        std::thread::sleep(Duration::from_millis(300));
+        // The child stopped the moment it joined, before bubblewrap's exec.
+        assert!(!late.is_finished(), "a command ran inside a frozen machine");
+        drop(guard);
+        let out = late.join().expect("join");
+        assert_eq!(stdout(&out), "ran\n");
+    });
+}
