@@ -33,6 +33,9 @@ fn mountinfo_finds_both_hierarchies_wherever_they_are() {
         }
     );
     assert_eq!(parse_mountinfo("garbage\n"), CgroupMounts::default());
+    // Not an escape the kernel writes (above \377): kept as it is, no panic.
+    let odd = "1 1 0:1 / /odd\\777 rw - cgroup2 cgroup2 rw\n";
+    assert_eq!(parse_mountinfo(odd).v2, Some("/odd\\777".into()));
 }
 
 #[test]
