@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in build-essential pkg-config attr acl tar fuse3; do
+  for pkg in build-essential pkg-config attr acl tar fuse3 bubblewrap; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

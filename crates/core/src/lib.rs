@@ -10,6 +10,7 @@ mod engine;
 mod model;
 mod mount;
 mod rootfs;
+mod sandbox;
 mod store;
 
 pub use catalog::{AuditRow, MachineKind};
@@ -22,3 +23,7 @@ pub use engine::{
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
 pub use mount::{MountError, MountOptions, MountedView, UnmountReport, detach, unmount};
+pub use sandbox::{
+    Bind, Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport, RunOptions, SandboxError,
+    run_sandboxed, sandboxed_command, spawn_sandboxed,
+};
