@@ -182,6 +182,43 @@ pub enum Cmd {
         dir: Option<PathBuf>,
     },
 
+    /// Run a command inside a machine, in its own namespaces
+    #[command(
+        long_about = "Run a command inside a machine: the machine's directory is its `/`, with \
+            its own pid, mount, ipc and uts namespaces and a fresh /proc and /dev; nothing of \
+            the host is visible except what --bind adds. A mounted machine that is down is \
+            brought up first. The command's processes are frozen for the instant a checkpoint \
+            reads the machine, and stopped by `machine down` and `restore`. cairn exits with the \
+            command's exit code.",
+        after_help = "Examples:\n  cairn run box -- apt-get install -y nginx\n  cairn run box --bind /srv/data:/data:ro -- ls /data"
+    )]
+    Run {
+        /// The machine
+        #[arg(value_name = "MACHINE")]
+        machine: String,
+        /// Make a host path visible inside: HOST:GUEST, or HOST:GUEST:ro for read-only
+        #[arg(long = "bind", value_name = "HOST:GUEST[:ro]")]
+        binds: Vec<OsString>,
+        /// The command and its arguments, after `--`
+        #[arg(value_name = "COMMAND", last = true, required = true)]
+        command: Vec<OsString>,
+    },
+
+    /// Open an interactive shell inside a machine
+    #[command(
+        long_about = "Open an interactive login shell inside the machine (its /bin/bash, else \
+            /bin/sh), in the same namespaces as `cairn run`.",
+        after_help = "Example:\n  cairn shell box"
+    )]
+    Shell {
+        /// The machine
+        #[arg(value_name = "MACHINE")]
+        machine: String,
+        /// Make a host path visible inside: HOST:GUEST, or HOST:GUEST:ro for read-only
+        #[arg(long = "bind", value_name = "HOST:GUEST[:ro]")]
+        binds: Vec<OsString>,
+    },
+
     /// Write one file of a checkpoint to stdout
     #[command(
         long_about = "Write the content of one regular file of a checkpoint to stdout, byte for \

@@ -4,8 +4,8 @@
 
 use crate::args::{CheckpointCmd, Cli, Cmd, GlobalArgs, MachineCmd};
 use cairn_core::{
-    CheckOptions, CheckpointOptions, CreateMachineOptions, CreateMountedOptions, ForkOptions,
-    GcOptions, LowerServer, Ref, RepoOptions, RestoreOptions, validate_checkpoint_name,
+    Bind, CheckOptions, CheckpointOptions, CreateMachineOptions, CreateMountedOptions, ForkOptions,
+    GcOptions, LowerServer, Ref, RepoOptions, RestoreOptions, RunSpec, validate_checkpoint_name,
     validate_machine_name,
 };
 use std::ffi::{CStr, OsStr, OsString};
@@ -103,6 +103,10 @@ pub enum Command {
     ForkMounted {
         source: Ref,
         names: Vec<String>,
+    },
+    Run {
+        machine: String,
+        spec: RunSpec,
     },
     Cat(Ref),
     Export {
@@ -348,6 +352,39 @@ fn parse_fraction(text: &str) -> Result<f64> {
     }
 }
 
+/// `HOST:GUEST` or `HOST:GUEST:ro`; both absolute.
+fn parse_binds(args: &[OsString]) -> Result<Vec<Bind>> {
+    args.iter()
+        .map(|a| {
+            let bytes = a.as_encoded_bytes();
+            let parts: Vec<&[u8]> = bytes.split(|&b| b == b':').collect();
+            let (host, guest, read_only) = match parts.as_slice() {
+                [h, g] => (h, g, false),
+                [h, g, b"ro"] => (h, g, true),
+                [h, g, b"rw"] => (h, g, false),
+                _ => {
+                    return usage(format!(
+                        "--bind {:?}: give HOST:GUEST or HOST:GUEST:ro, e.g. --bind /srv/data:/data:ro",
+                        a.to_string_lossy()
+                    ));
+                }
+            };
+            if !host.starts_with(b"/") || !guest.starts_with(b"/") {
+                return usage(format!(
+                    "--bind {:?}: both paths must be absolute",
+                    a.to_string_lossy()
+                ));
+            }
+            let path = |b: &[u8]| PathBuf::from(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b));
+            Ok(Bind {
+                host: path(host),
+                guest: path(guest),
+                read_only,
+            })
+        })
+        .collect()
+}
+
 /// Parses a reference from the raw argument bytes, so paths that are not UTF-8 work.
 pub fn parse_ref(arg: &OsStr) -> Result<Ref> {
     Ref::parse(arg.as_encoded_bytes()).map_err(|e| {
@@ -502,6 +539,31 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
                 .into_iter()
                 .map(machine_name)
                 .collect::<Result<Vec<_>>>()?,
+        },
+        Cmd::Run {
+            machine,
+            binds,
+            command,
+        } => Command::Run {
+            machine: machine_name(machine)?,
+            spec: RunSpec {
+                argv: command,
+                binds: parse_binds(&binds)?,
+                interactive: false,
+            },
+        },
+        Cmd::Shell { machine, binds } => Command::Run {
+            machine: machine_name(machine)?,
+            spec: RunSpec {
+                // bash when the machine has it, else sh: resolved inside the machine.
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi".into(),
+                ],
+                binds: parse_binds(&binds)?,
+                interactive: true,
+            },
         },
         Cmd::Cat { source } => {
             if output.json {

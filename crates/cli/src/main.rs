@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(move || commands::run(config)) {
         Ok(Ok(Status::Success)) => ExitCode::SUCCESS,
         Ok(Ok(Status::Failed)) => ExitCode::FAILURE,
+        Ok(Ok(Status::Code(c))) => ExitCode::from(c),
         Ok(Err(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             report_error(&error_text(&e));

@@ -19,7 +19,7 @@ pub use engine::{
     CheckpointReport, CheckpointUsage, CreateMachineOptions, CreateMountedOptions, DownReport,
     DuReport, EngineError, Finding, ForkOptions, GcOptions, GcReport, LowerServer, MachineInfo,
     MachineUsage, MountedInfo, NoProgress, Phase, Progress, RebuildReport, Repo, RepoOptions,
-    RestoreOptions, RestoreReport, UpReport,
+    RestoreOptions, RestoreReport, RunSpec, RunStart, UpReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
 pub use mount::{MountError, MountOptions, MountedView, UnmountReport, detach, unmount};

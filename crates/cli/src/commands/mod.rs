@@ -21,6 +21,8 @@ pub enum Status {
     Success,
     /// The command worked but found a problem it has already reported (`check`): exit 1.
     Failed,
+    /// `run` and `shell` exit with the code of the command they ran.
+    Code(u8),
 }
 
 pub fn run(config: Config) -> anyhow::Result<Status> {
@@ -43,6 +45,7 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::MachineUp(name) => mounted::up(&repo, &p, &name)?,
         Command::MachineDown(name) => mounted::down(&repo, &p, &name)?,
         Command::ServeLower(name) => repo.serve_lower(&name)?,
+        Command::Run { machine, spec } => return mounted::run(&repo, &p, &machine, &spec),
         Command::MachineList => machine::list(&repo, &p)?,
         Command::MachineShow(name) => machine::show(&repo, &p, &name)?,
         Command::MachineRemove(name) => machine::remove(&repo, &p, &name)?,

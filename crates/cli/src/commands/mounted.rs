@@ -1,8 +1,10 @@
 //! `cairn machine create --mounted`, `machine up | down`, and `fork` into mounted machines.
 
+use super::Status;
 use crate::output::Printer;
 use crate::progress::BarProgress;
-use cairn_core::{CreateMountedOptions, Phase, Ref, Repo};
+use cairn_core::{CreateMountedOptions, Phase, Ref, Repo, RunSpec};
+use std::os::unix::process::ExitStatusExt;
 
 /// `lower 48.1 ms, overlay 0.6 ms`.
 pub fn phases(phases: &[Phase]) -> String {
@@ -75,4 +77,19 @@ pub fn fork(repo: &Repo, p: &Printer, source: &Ref, names: &[String]) -> anyhow:
         names[0]
     ));
     Ok(())
+}
+
+/// `run` and `shell`: the command's own exit code, or 128 + the signal that ended it.
+pub fn run(repo: &Repo, p: &Printer, machine: &str, spec: &RunSpec) -> anyhow::Result<Status> {
+    let status = repo.run(machine, spec, &mut |start| {
+        if start.brought_up {
+            p.note(format!("{machine} was down; brought it up"));
+        }
+    })?;
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    };
+    Ok(Status::Code(u8::try_from(code).unwrap_or(1)))
 }

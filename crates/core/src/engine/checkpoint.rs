@@ -57,6 +57,8 @@ pub struct CheckpointReport {
     /// True when the tree equals the machine's head: nothing changed.
     pub unchanged: bool,
     pub warnings: Vec<String>,
+    /// Where the time went: freeze (a running mounted machine only), ingest, commit.
+    pub phases: Vec<super::Phase>,
 }
 
 impl Repo {
@@ -124,7 +126,13 @@ impl Repo {
                     xattr_prefix: TRUSTED_PREFIX,
                 }),
             };
-            return Ok((ingest(&root, writer, &opts)?, epoch));
+            // The machine's processes stand still while its upper is read, so the checkpoint
+            // is one instant of it; they run again as soon as the walk ends.
+            let frozen = self.freeze_machine(m)?;
+            let mut ing = ingest(&root, writer, &opts)?;
+            ing.frozen = frozen.as_ref().map(|f| f.took);
+            drop(frozen);
+            return Ok((ing, epoch));
         }
         let root = Dir::open(&m.dir).map_err(|e| EngineError::BadDir {
             path: m.dir.clone(),
@@ -160,7 +168,17 @@ impl Repo {
         }
         let _session = self.begin_session("checkpoint")?;
         let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
+        let t = std::time::Instant::now();
         let (ing, epoch) = self.ingest_live(m, &writer, progress)?;
+        let mut phases = Vec::new();
+        if let Some(took) = ing.frozen {
+            phases.push(super::Phase {
+                name: "freeze",
+                ms: took.as_secs_f64() * 1e3,
+            });
+        }
+        phases.push(super::Phase::since("ingest", t));
+        let t = std::time::Instant::now();
         progress.phase("committing", None);
         let stats = writer.flush()?;
         let head = match m.head {
@@ -177,6 +195,7 @@ impl Repo {
             ing.entries,
             stats.stored_bytes,
         )?;
+        phases.push(super::Phase::since("commit", t));
         let mut cache = ing.cache;
         cache.epoch = epoch;
         if let Err(e) = cache.save(&self.machine_state_dir(&m.uid).join("statcache")) {
@@ -191,6 +210,7 @@ impl Repo {
             added_blobs: stats.blobs,
             unchanged,
             warnings: ing.warnings,
+            phases,
         })
     }
 

@@ -47,6 +47,8 @@ pub(crate) struct Ingested {
     pub read_bytes: u64,
     pub cache: StatCache,
     pub warnings: Vec<String>,
+    /// How long the machine's processes took to freeze, when they were frozen for the walk.
+    pub frozen: Option<std::time::Duration>,
 }
 
 enum Slot {
@@ -260,6 +262,7 @@ pub(crate) fn ingest(
         read_bytes,
         cache: new_cache,
         warnings,
+        frozen: None,
     })
 }
 

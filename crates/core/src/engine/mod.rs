@@ -20,6 +20,7 @@ mod mount;
 mod mounted;
 mod repair;
 mod restore;
+mod run;
 mod statcache;
 mod updown;
 mod upper;
@@ -35,6 +36,7 @@ pub use machine::{CreateMachineOptions, MachineInfo};
 pub use mounted::{CreateMountedOptions, MountedInfo};
 pub use repair::RebuildReport;
 pub use restore::{ForkOptions, RestoreOptions, RestoreReport};
+pub use run::{RunSpec, RunStart};
 pub use updown::{DownReport, LowerServer, UpReport};
 pub use usage::{CheckpointUsage, DuReport, MachineUsage};
 

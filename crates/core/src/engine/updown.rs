@@ -186,6 +186,11 @@ impl Repo {
         };
         let t = Instant::now();
         if report.was_up {
+            // A machine going down takes its processes with it, as a host's shutdown does.
+            if self.kill_machine_processes(m)? > 0 {
+                report.phases.push(Phase::since("stop processes", t));
+            }
+            let t = Instant::now();
             match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::BUSY) => {

@@ -11,7 +11,7 @@ mod bwrap;
 mod cgroup;
 mod error;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use bwrap::{Bind, RunOptions, run_sandboxed, sandboxed_command, spawn_sandboxed};
 pub use cgroup::{Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport};

@@ -4,6 +4,7 @@
 use super::fixture::{TestDir, noise};
 use super::*;
 use crate::engine::mounted::CreateMountedOptions;
+use crate::engine::run::RunSpec;
 
 fn create_box(env: &Env, from: Option<&str>) -> MountedInfo {
     env.repo
@@ -262,4 +263,110 @@ fn up_serves_the_base_exactly_and_restore_while_up_remounts() {
     env.repo.machine_up("box").unwrap();
     assert_same(&changed, &snapshot(&at), "up again after down");
     env.repo.machine_down("box").unwrap();
+}
+
+/// A mounted machine `box` over a machine holding a few host binaries (sh, sleep, cat, …).
+fn mini_box(env: &Env) -> (crate::sandbox::tests::MiniRoot, std::path::PathBuf) {
+    let mini = crate::sandbox::tests::MiniRoot::new();
+    adopt(&env.repo, "mini", mini.path());
+    checkpoint(&env.repo, "mini");
+    let info = create_box(env, Some("mini@v1"));
+    (mini, info.at)
+}
+
+fn sh(script: &str) -> RunSpec {
+    RunSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn run_brings_the_machine_up_and_its_writes_land_in_the_upper() {
+    let env = Env::new();
+    let (_mini, at) = mini_box(&env);
+    let mut brought_up = None;
+    let status = env
+        .repo
+        .run("box", &sh("echo hello > /greeting; exit 7"), &mut |s| {
+            brought_up = Some(s.brought_up)
+        })
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "the command's exit code comes back");
+    assert_eq!(brought_up, Some(true));
+    assert_eq!(std::fs::read(at.join("greeting")).unwrap(), b"hello\n");
+    assert!(
+        upper_of(&env, "box").join("greeting").exists(),
+        "written to the upper"
+    );
+    checkpoint(&env.repo, "box");
+    assert_eq!(
+        changes(&env, "box@v1", "box@v2"),
+        ["M /", "A /greeting"],
+        "exactly what the command changed"
+    );
+    env.repo.machine_down("box").unwrap();
+}
+
+#[test]
+fn checkpoint_freezes_running_processes_and_down_stops_them() {
+    let env = Env::new();
+    let (_mini, at) = mini_box(&env);
+    env.repo.machine_up("box").unwrap();
+    let home = env.home();
+    let runner = std::thread::spawn(move || {
+        let repo = super::repo(&home);
+        repo.run(
+            "box",
+            // One write per line: a frozen instant holds only whole lines.
+            &sh("i=0; while true; do i=$((i+1)); echo $i >> /counter; done"),
+            &mut |_| {},
+        )
+        .unwrap()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !at.join("counter").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c = checkpoint(&env.repo, "box");
+    let names: Vec<&str> = c.phases.iter().map(|p| p.name).collect();
+    assert_eq!(names, ["freeze", "ingest", "commit"], "{:?}", c.phases);
+    let mut counted = Vec::new();
+    env.repo
+        .cat(&r(&format!("{}:/counter", c.checkpoint.id)), &mut counted)
+        .unwrap();
+    // The last value written before the freeze; a frozen instant holds only whole lines.
+    let last = |v: &[u8]| -> (u64, bool) {
+        let text = String::from_utf8_lossy(v);
+        let whole = text.is_empty() || text.ends_with('\n');
+        let n = text
+            .lines()
+            .last()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        (n, whole)
+    };
+    let (n, whole) = last(&counted);
+    assert!(whole, "the checkpoint caught a line half written");
+    assert!(n > 0, "the counter was caught running");
+    // The processes run again after the checkpoint.
+    let later = |v: &[u8]| last(v).0 > n;
+    while !later(&std::fs::read(at.join("counter")).unwrap_or_default()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let down = env.repo.machine_down("box").unwrap();
+    assert!(
+        down.phases.iter().any(|p| p.name == "stop processes"),
+        "{down:?}"
+    );
+    let status = runner.join().unwrap();
+    assert!(!status.success(), "the loop was stopped: {status:?}");
 }

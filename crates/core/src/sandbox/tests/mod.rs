@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A machine root holding a few host binaries and their shared libraries, found with `ldd`.
-pub(super) struct MiniRoot {
+pub(crate) struct MiniRoot {
     dir: tempfile::TempDir,
 }
 
 impl MiniRoot {
-    pub(super) fn new() -> MiniRoot {
+    pub(crate) fn new() -> MiniRoot {
         let dir = tempfile::tempdir().expect("tempdir");
         for d in ["bin", "tmp", "proc", "dev"] {
             fs::create_dir_all(dir.path().join(d)).expect("mkdir");
@@ -33,7 +33,7 @@ impl MiniRoot {
         MiniRoot { dir }
     }
 
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
