@@ -34,6 +34,8 @@ pub enum MountError {
          deleted and collected?); run `cairn check`"
     )]
     MissingBlob { id: String },
+    #[error("chunk {id} is corrupt: {reason}; run `cairn check --read-data`")]
+    BadChunk { id: String, reason: String },
     #[error("tree {id} is corrupt: {reason}; run `cairn check`")]
     CorruptTree { id: String, reason: String },
     #[error("hardlink to /{target} is broken: {reason}; run `cairn check`")]
