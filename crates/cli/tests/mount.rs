@@ -130,6 +130,17 @@ fn a_killed_server_leaves_a_stale_mount_that_umount_cleans_up() {
     eventually("the server exits after umount", || !alive(pid));
     assert!(!is_mounted(&mnt));
 
+    // A new view mounted right after an unmount survives the old server's exit.
+    let first = env.mount_background();
+    env.ok(&["umount", &env.arg("mnt")]);
+    let second = env.mount_background();
+    eventually("the first server exits", || !alive(first));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(is_mounted(&mnt), "the old server unmounted the new view");
+    assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"hello\n");
+    env.ok(&["umount", &env.arg("mnt")]);
+    eventually("the second server exits", || !alive(second));
+
     let again = env.run(&["umount", &env.arg("mnt")]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("not a mount point"));
