@@ -430,7 +430,10 @@ pub enum MachineCmd {
     },
 
     /// Serve a mounted machine's base view until it is unmounted (started by `machine up`)
-    #[command(hide = true)]
+    #[command(
+        hide = true,
+        after_help = "Started by `cairn machine up NAME`; not meant to be run by hand."
+    )]
     ServeLower {
         #[arg(value_name = "NAME")]
         name: String,

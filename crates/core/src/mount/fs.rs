@@ -195,9 +195,9 @@ impl ViewFs {
                     let chunk = match self.blobs.chunk(*id) {
                         Ok(c) if c.len() as u64 == *len => c,
                         Ok(_) => {
-                            let e = MountError::CorruptTree {
+                            let e = MountError::BadChunk {
                                 id: id.short(),
-                                reason: "a chunk's length differs from its extent".to_owned(),
+                                reason: "its length differs from the extent naming it".to_owned(),
                             };
                             return reply.error(eio(&inode.path, &e));
                         }

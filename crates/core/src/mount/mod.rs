@@ -35,6 +35,8 @@ pub enum MountError {
          deleted and collected?); run `cairn check`"
     )]
     MissingBlob { id: String },
+    #[error("chunk {id} is corrupt: {reason}; run `cairn check --read-data`")]
+    BadChunk { id: String, reason: String },
     #[error("tree {id} is corrupt: {reason}; run `cairn check`")]
     CorruptTree { id: String, reason: String },
     #[error("hardlink to /{target} is broken: {reason}; run `cairn check`")]
@@ -178,13 +180,23 @@ impl MountedView {
 
     /// Waits until the server stops: the mount was unmounted (or detached and left).
     pub fn join(&mut self) -> Result<()> {
-        match self.session.take() {
-            Some(s) => s.join().map_err(|source| MountError::Io {
-                op: "serve",
-                path: self.mountpoint.clone(),
-                source,
-            }),
-            None => Ok(()),
+        let Some(mut session) = self.session.take() else {
+            return Ok(());
+        };
+        // The session's own unmount-on-drop takes a dead connection for a live one and would
+        // unmount whatever is mounted at the path by then, such as the next view. The
+        // connection is over once we join, so its mount handle is leaked on purpose (one
+        // device fd, already disconnected) and only the server thread is joined.
+        let guard = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
+        std::mem::forget(session);
+        let io = |source| MountError::Io {
+            op: "serve",
+            path: self.mountpoint.clone(),
+            source,
+        };
+        match guard.join() {
+            Ok(r) => r.map_err(io),
+            Err(_) => Err(io(std::io::Error::other("the server thread panicked"))),
         }
     }
 }

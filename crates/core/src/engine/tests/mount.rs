@@ -168,7 +168,7 @@ fn a_subtree_view_reads_hardlinks_whose_leader_is_outside_it() {
 }
 
 #[test]
-fn a_view_keeps_reading_after_gc_repacks_its_blobs_and_deletes_the_old_pack() {
+fn a_view_keeps_reading_after_gc_repacks_its_blobs_and_holds_no_read_snapshot() {
     let env = Env::new();
     let t = TestDir::new(&env.path("m"));
     let small = noise(3_000, 2);
@@ -196,6 +196,12 @@ fn a_view_keeps_reading_after_gc_repacks_its_blobs_and_deletes_the_old_pack() {
     assert!(gc().packs_repacked > 0);
     assert!(gc().packs_deleted > 0, "the old pack is gone");
     assert_eq!(std::fs::read(mnt.join("small")).unwrap(), small);
+    // The live view holds no read transaction, so the WAL can be checkpointed completely.
+    let db = rusqlite::Connection::open(env.home().join("catalog.db")).unwrap();
+    let busy: i64 = db
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(busy, 0, "a reader blocks the WAL checkpoint");
     view.unmount().unwrap();
 }
 
