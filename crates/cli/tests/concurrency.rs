@@ -1,7 +1,7 @@
 //! Two commands on one machine: the second waits (up to `--wait`) or fails saying who holds the
 //! lock; a lock dies with its holder; other machines are not blocked.
 
-use crate::util::{Env, finish, noise};
+use crate::util::{Env, Run, finish, noise};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ fn web() -> Env {
 
 /// Starts `cairn ARGS` on machine `web` and freezes it (SIGSTOP) once it holds the machine
 /// lock, which it records in its lock file as `pid N, OP`.
-fn frozen(env: &Env, args: &[&str], op: &str) -> Child {
+fn frozen(env: &Env, args: &[&str], op: &str) -> Frozen {
     let child = env.cairn(args).arg("--json").spawn();
     let pid = child.id();
     let lock = env.home().join("locks/machine-web.lock");
@@ -30,11 +30,42 @@ fn frozen(env: &Env, args: &[&str], op: &str) -> Child {
         std::thread::sleep(Duration::from_micros(200));
     }
     signal(&child, libc::SIGSTOP);
-    child
+    Frozen(Some(child))
+}
+
+/// A stopped cairn process; killed if a failing test drops it, so none is left behind.
+struct Frozen(Option<Child>);
+
+impl Frozen {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("not yet finished").id()
+    }
+
+    /// Lets it run to its end.
+    fn thaw(mut self) -> Run {
+        let child = self.0.take().expect("not yet finished");
+        signal(&child, libc::SIGCONT);
+        finish(child)
+    }
+
+    fn kill(mut self) -> Run {
+        let mut child = self.0.take().expect("not yet finished");
+        child.kill().expect("SIGKILL");
+        finish(child)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A checkpoint frozen while it holds the machine lock.
-fn frozen_checkpoint(env: &Env) -> Child {
+fn frozen_checkpoint(env: &Env) -> Frozen {
     frozen(env, &["checkpoint", "create", "web"], "checkpoint create")
 }
 
@@ -78,8 +109,7 @@ fn a_second_command_on_a_busy_machine_fails_with_wait_0_and_says_who_holds_it() 
     );
     env.cairn(["machine", "list", "--wait", "0"]).json();
 
-    signal(&first, libc::SIGCONT);
-    let run = finish(first);
+    let run = first.thaw();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(
         run.json().as_array().map(Vec::len),
@@ -96,8 +126,7 @@ fn a_second_command_waits_for_the_first_and_both_succeed() {
     let mut second = env.cairn(["checkpoint", "create", "web", "--json"]).spawn();
     std::thread::sleep(Duration::from_millis(300));
     assert!(second.try_wait().unwrap().is_none(), "the second one waits");
-    signal(&first, libc::SIGCONT);
-    let (a, b) = (finish(first), finish(second));
+    let (a, b) = (first.thaw(), finish(second));
     assert_eq!(
         (a.code, b.code),
         (Some(0), Some(0)),
@@ -113,9 +142,7 @@ fn a_second_command_waits_for_the_first_and_both_succeed() {
 #[test]
 fn a_lock_held_by_a_killed_process_is_no_problem() {
     let env = web();
-    let mut first = frozen_checkpoint(&env);
-    first.kill().unwrap();
-    let run = finish(first);
+    let run = frozen_checkpoint(&env).kill();
     assert_eq!(run.code, None, "it was killed");
     let v = env
         .cairn(["checkpoint", "create", "web", "--wait", "0"])

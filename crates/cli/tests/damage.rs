@@ -144,3 +144,49 @@ fn a_missing_pack_is_named_by_check_without_reading_data() {
     let all = v["findings"].to_string();
     assert!(all.contains("web@v1") && all.contains("web@v2"), "{v}");
 }
+
+/// Regression: a pack whose bytes changed had every blob in it reported as damaged, so intact
+/// files packed beside the damaged one were named as unrestorable too.
+#[test]
+fn a_flipped_byte_blames_only_the_blob_it_hit() {
+    let env = web();
+    let flip = |at: fn(usize) -> usize| {
+        let pack = packs(&env).remove(0);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let i = at(bytes.len());
+        bytes[i] ^= 0x40;
+        std::fs::write(&pack, bytes).unwrap();
+    };
+    // In the middle of the pack: inside the data of /etc/big, packed with /etc/motd.
+    flip(|len| len / 2);
+    let v = env.cairn(["check", "--read-data", "--json"]).code(1).json();
+    let paths: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["paths"].as_array().unwrap().clone())
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert!(paths.contains(&"/etc/big".to_owned()), "{v}");
+    assert!(
+        !paths.contains(&"/etc/motd".to_owned()),
+        "motd is intact: {v}"
+    );
+    assert_eq!(
+        env.cairn(["cat", "web@v1:/etc/motd"]).ok().stdout,
+        b"hello\n"
+    );
+
+    // In the salt of the header: no blob is hit, yet the pack is named.
+    flip(|len| len / 2);
+    flip(|_| 10);
+    let v = env.cairn(["check", "--read-data", "--json"]).code(1).json();
+    let findings = v["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{v}");
+    assert!(
+        findings[0]["object"].as_str().unwrap().starts_with("pack "),
+        "{v}"
+    );
+    assert_eq!(findings[0]["checkpoints"], serde_json::json!([]), "{v}");
+    env.cairn(["restore", "web@v1"]).json();
+}

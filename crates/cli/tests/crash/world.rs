@@ -197,6 +197,7 @@ impl World {
         let delay = est.mul_f64(1.2 * self.rng.below(1_000_000) as f64 / 1e6);
         let start = Instant::now();
         let mut child = self.env.cairn(args).arg("--json").spawn();
+        let mut sent = false;
         loop {
             if child.try_wait().expect("try_wait").is_some() {
                 break;
@@ -205,6 +206,7 @@ impl World {
                 // A child that exited just now is a zombie until waited for; the kill is then
                 // a no-op and its exit status says it finished.
                 child.kill().expect("SIGKILL cairn");
+                sent = true;
                 break;
             }
             std::thread::sleep(Duration::from_micros(300));
@@ -212,6 +214,12 @@ impl World {
         let run = finish(child);
         let elapsed = start.elapsed();
         let killed = run.code.is_none();
+        assert!(
+            !killed || (sent && run.signal == Some(libc::SIGKILL)),
+            "trial {t}: {args:?} died of signal {:?} on its own\nstderr:\n{}",
+            run.signal,
+            run.stderr
+        );
         eprintln!(
             "trial {t}: {op:?} {:?} {} after {elapsed:.2?} (kill planned at {delay:.2?})",
             args,

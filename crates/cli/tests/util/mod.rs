@@ -7,6 +7,7 @@ pub use tree::{Snapshot, TestDir, assert_same, noise, snapshot};
 
 use serde_json::Value;
 use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -90,6 +91,8 @@ pub struct TestCommand {
 pub struct Run {
     /// The exit code; `None` when a signal ended the process.
     pub code: Option<i32>,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
     pub stdout: Vec<u8>,
     pub stderr: String,
 }
@@ -126,6 +129,7 @@ impl TestCommand {
             .expect("run the cairn binary");
         Run {
             code: out.status.code(),
+            signal: out.status.signal(),
             stdout: out.stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -185,6 +189,7 @@ pub fn finish(child: Child) -> Run {
     let out = child.wait_with_output().expect("wait for cairn");
     Run {
         code: out.status.code(),
+        signal: out.status.signal(),
         stdout: out.stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

@@ -69,6 +69,7 @@ impl Repo {
         let packs = self.catalog.packs()?;
         report.packs = packs.len() as u64;
         let mut pack_bad: HashMap<crate::model::PackId, String> = HashMap::new();
+        let mut pack_findings = Vec::new();
         for p in &packs {
             match listed.get(&p.id) {
                 None => {
@@ -84,16 +85,31 @@ impl Repo {
                     Ok(v) => {
                         report.bytes_read += p.size;
                         progress.advance(p.size);
+                        let blobs_ok = v.blob_failures.is_empty();
                         for (id, why) in v.blob_failures {
-                            bad.insert(id, why);
+                            bad.insert(id, format!("in pack {}: {why}", p.id.short()));
                         }
-                        if !v.pack_hash_ok || !v.format_errors.is_empty() {
+                        if !v.format_errors.is_empty() {
+                            // The index could not be trusted, so no blob of it can be.
                             let mut why = v.format_errors.join("; ");
                             if !v.pack_hash_ok {
-                                why = format!("pack hash mismatch {why}");
+                                why = format!("pack hash mismatch; {why}");
                             }
                             pack_bad.insert(p.id, why);
+                        } else if !v.pack_hash_ok && blobs_ok {
+                            // Every blob was re-hashed above and is intact: the damage lies
+                            // outside them, and no checkpoint reads it.
+                            pack_findings.push(Finding {
+                                object: format!("pack {}", p.id.to_hex()),
+                                problem: "its bytes no longer hash to its id, though every \
+                                          blob in it is intact, so no checkpoint is affected"
+                                    .to_owned(),
+                                checkpoints: Vec::new(),
+                                paths: Vec::new(),
+                            });
                         }
+                        // Otherwise the damaged blobs are exactly `blob_failures`: the pack's
+                        // other blobs verified and are not reported.
                     }
                     Err(e) => {
                         pack_bad.insert(p.id, e.to_string());
@@ -126,6 +142,7 @@ impl Repo {
         if !bad.is_empty() {
             self.trace_damage(&src, &checkpoints, &bad, &mut report)?;
         }
+        report.findings.extend(pack_findings);
         Ok(report)
     }
 
