@@ -403,6 +403,9 @@ pub enum MachineCmd {
             conflicts_with = "from_tar"
         )]
         from: Option<OsString>,
+        /// Start a mounted machine empty (the default without --from or --from-tar)
+        #[arg(long, requires = "mounted", conflicts_with_all = ["from", "from_tar"])]
+        empty: bool,
         /// Where a mounted machine appears while up [default: $CAIRN_HOME/machines/NAME/root]
         #[arg(long, value_name = "PATH", requires = "mounted")]
         at: Option<PathBuf>,

@@ -420,6 +420,7 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
             mounted: true,
             from,
             at,
+            ..
         }) => {
             let _ = dir; // clap refuses --dir with --mounted
             Command::MachineCreateMounted(CreateMountedOptions {

@@ -37,6 +37,9 @@ pub fn create(
             output::size(report.added_bytes),
         ));
     }
+    if report.phases.iter().any(|ph| ph.name == "freeze") {
+        p.note(format!("time: {}", super::mounted::phases(&report.phases)));
+    }
     Ok(())
 }
 
