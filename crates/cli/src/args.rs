@@ -35,13 +35,25 @@ A short tour:
   # Or start an independent copy from any checkpoint
   cairn fork web@v1 web-test --dir /srv/web-test
 
+  # Mounted machines (as root): an overlay over a checkpoint; restore and fork copy nothing
+  cairn machine create box --mounted --from web@clean
+  cairn machine up box                        # appears at $CAIRN_HOME/machines/box/root
+  cairn run box -- apt-get install -y nginx   # inside it, in its own namespaces
+  cairn checkpoint create box                 # processes are frozen for the instant it needs
+  cairn restore box@v1                        # re-points the lower layer: milliseconds
+  cairn fork box@v2 a b c                     # three more machines, nothing copied
+
+  # A read-only view of any checkpoint
+  cairn mount web@v1 /mnt/old
+
 References:
   MACHINE@vN, MACHINE@NAME or MACHINE@latest select a checkpoint; append :/PATH to select a
   path inside it, e.g. web@v2:/etc/hosts.
 
 Exit status:
   0 success; 1 the operation failed (or `check` found problems); 2 the command line was wrong
-  (unknown option, bad reference, bad name or duration): nothing was done.
+  (unknown option, bad reference, bad name or duration): nothing was done. `run` and `shell`
+  exit with the code of the command they ran.
 
 Environment:
   CAIRN_HOME    where checkpoints are stored (same as --home)
@@ -56,7 +68,8 @@ Environment:
     about = "Git-like checkpoints for Linux machines: save, diff, restore and fork directories",
     long_about = "Git-like checkpoints for Linux machines.\n\n\
         A machine is a directory (a container root filesystem, a project, a folder of VM disk \
-        images) that cairn tracks in place. A checkpoint saves its whole state in moments; any \
+        images) that cairn tracks in place, or a mounted machine: an overlay over a checkpoint \
+        whose restore and fork move no data. A checkpoint saves its whole state in moments; any \
         checkpoint can be restored in place without losing newer ones, or forked into new \
         machines. Data is deduplicated across every checkpoint and machine.",
     after_help = SHORT_TOUR,
