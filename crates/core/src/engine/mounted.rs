@@ -414,36 +414,7 @@ pub struct MountedInfo {
 
 /// True when `path` is the mountpoint of an overlay (read from the mount table).
 pub(crate) fn is_overlay_at(path: &Path) -> bool {
-    let Ok(table) = std::fs::read("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.as_os_str().as_encoded_bytes();
-    table.split(|&b| b == b'\n').any(|line| {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let sep = fields.iter().position(|f| *f == b"-");
-        fields.len() > 4
-            && unescape_mount(fields[4]) == want
-            && sep.is_some_and(|i| fields.get(i + 1) == Some(&&b"overlay"[..]))
-    })
-}
-
-/// The mount table escapes space, tab, newline and backslash as octal.
-pub(crate) fn unescape_mount(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\'
-            && i + 3 < f.len()
-            && f[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(f[i]);
-            i += 1;
-        }
-    }
-    out
+    matches!(crate::mount::mount_at(path), Ok(Some(e)) if e.fstype == "overlay")
 }
 
 fn mkdir_all(p: &Path) -> Result<()> {
