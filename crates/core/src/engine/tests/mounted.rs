@@ -370,3 +370,42 @@ fn checkpoint_freezes_running_processes_and_down_stops_them() {
     let status = runner.join().unwrap();
     assert!(!status.success(), "the loop was stopped: {status:?}");
 }
+
+#[test]
+fn a_file_copied_up_unchanged_costs_no_new_chunks() {
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create_box(&env, Some("web@v1"));
+    env.repo.machine_up("box").unwrap();
+    // A chmod copies the whole file up (metacopy is off); its bytes are the base's.
+    std::fs::set_permissions(
+        info.at.join("usr/lib/big"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert!(
+        upper_of(&env, "box").join("usr/lib/big").exists(),
+        "copied up"
+    );
+    let c = checkpoint(&env.repo, "box");
+    assert_eq!(c.read_bytes, 300_000, "the copy in the upper is read");
+    assert!(
+        c.added_bytes < 4096,
+        "only trees are new, no chunk: {} bytes added",
+        c.added_bytes
+    );
+    let diff = env.repo.diff(&r("box@v1"), Some(&r("box@v2"))).unwrap();
+    let got: Vec<(String, Vec<&str>)> = diff
+        .iter()
+        .map(|c| (c.path.clone(), c.what.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [("/usr/lib/big".to_owned(), vec!["mode"])],
+        "a chmod, nothing else"
+    );
+    env.repo.machine_down("box").unwrap();
+}
