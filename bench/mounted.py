@@ -511,10 +511,11 @@ def main():
     benches = []
     for fs in args.sets:
         benches.append(Bench(args, fs).go())
-    text = report(args, benches, started)
-    with open(args.out + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(args.out + ".tmp", args.out)
+        # Written after each root filesystem, so an interrupted run keeps what it measured.
+        text = report(args, benches, started)
+        with open(args.out + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(args.out + ".tmp", args.out)
     print(text)
     if any(b.mismatches for b in benches):
         loud("verification failed: see above")
