@@ -336,17 +336,23 @@ impl Repo {
                     "machine {name} is up; `cairn machine down {name}` first"
                 )));
             }
-            for c in self.catalog.checkpoints(m.id)? {
-                self.store
-                    .delete_object(&manifest::checkpoint_key(&m.uid, c.version))?;
-            }
-            self.store.delete_object(&manifest::machine_key(&m.uid))?;
-            self.catalog.delete_machine(m.id)?;
-            let _ = std::fs::remove_dir_all(self.machine_state_dir(&m.uid));
+            self.forget_machine(&m)?;
             Ok(m.dir.display().to_string())
         })();
         self.audit("machine-rm", Some(name), None, &result);
         result.map(|_| ())
+    }
+
+    /// Deletes a machine's manifests, catalog rows and state; the caller holds its lock.
+    pub(crate) fn forget_machine(&self, m: &MachineRow) -> Result<()> {
+        for c in self.catalog.checkpoints(m.id)? {
+            self.store
+                .delete_object(&manifest::checkpoint_key(&m.uid, c.version))?;
+        }
+        self.store.delete_object(&manifest::machine_key(&m.uid))?;
+        self.catalog.delete_machine(m.id)?;
+        let _ = std::fs::remove_dir_all(self.machine_state_dir(&m.uid));
+        Ok(())
     }
 }
 

@@ -94,11 +94,18 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<MountedInfo> {
         validate_machine_name(&opts.name)?;
-        if self.catalog.machine(&opts.name)?.is_some() {
-            return Err(EngineError::Invalid(format!(
-                "machine {} already exists; pick another name or `cairn machine rm {}` first",
-                opts.name, opts.name
-            )));
+        let exists = |name: &str| {
+            EngineError::Invalid(format!(
+                "machine {name} already exists; pick another name or `cairn machine rm {name}` \
+                 first"
+            ))
+        };
+        if self
+            .catalog
+            .machine(&opts.name)?
+            .is_some_and(|m| !unfinished_create(&m))
+        {
+            return Err(exists(&opts.name));
         }
         if opts.from.is_some() && opts.from_tar.is_some() {
             return Err(EngineError::Invalid(
@@ -110,6 +117,14 @@ impl Repo {
             None => None,
         };
         let _lock = self.lock_machine(&opts.name, "machine create")?;
+        if let Some(old) = self.catalog.machine(&opts.name)? {
+            if !unfinished_create(&old) {
+                return Err(exists(&opts.name));
+            }
+            // A create or fork killed before the machine had its v1 left a row that holds
+            // nothing: this create takes its place.
+            self.forget_machine(&old)?;
+        }
         let at = self.mountpoint_for(&opts.name, opts.at.as_deref())?;
         let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted)?;
         let (base, head) = match &source {
@@ -168,7 +183,7 @@ impl Repo {
     }
 
     /// Records checkpoint `c` (of any machine) as the next checkpoint of `m`: metadata only.
-    fn adopt_checkpoint(
+    pub(crate) fn adopt_checkpoint(
         &self,
         m: &MachineRow,
         c: &CheckpointRow,
@@ -334,6 +349,33 @@ impl Repo {
         Ok(())
     }
 
+    /// Finishes a mounted machine whose create or fork was killed after its v1 was committed
+    /// but before its base was recorded: the base is v1's tree, as the create would have made
+    /// it. One killed before its v1 holds nothing and can only be created again.
+    pub(crate) fn complete_create(&self, m: &MachineRow) -> Result<()> {
+        let head = match m.head {
+            Some(h) => self.catalog.checkpoint(h)?,
+            None => None,
+        };
+        let Some(head) = head else {
+            return Err(EngineError::Invalid(format!(
+                "the creation of machine {} was interrupted before it had a checkpoint; run the \
+                 same `cairn machine create` or `cairn fork` again (it replaces what is left) or \
+                 `cairn machine rm {}`",
+                m.name, m.name
+            )));
+        };
+        tracing::info!("completing the interrupted creation of {}", m.name);
+        self.finish_rebase(m, &head)?;
+        self.audit(
+            "machine-create",
+            Some(&m.name),
+            None,
+            &Ok("completed an interrupted create".to_owned()),
+        );
+        Ok(())
+    }
+
     /// Completes a rebase a crash interrupted, given its journal text.
     pub(crate) fn complete_rebase(&self, m: &MachineRow, text: &str) -> Result<Option<String>> {
         let journal: RebaseJournal =
@@ -410,6 +452,11 @@ pub struct MountedInfo {
     /// The tree its lower layer serves.
     pub base: Option<TreeId>,
     pub up: bool,
+}
+
+/// A mounted machine without a base: what a create or fork killed midway leaves.
+pub(crate) fn unfinished_create(m: &MachineRow) -> bool {
+    m.kind == MachineKind::Mounted && m.base.is_none()
 }
 
 /// True when `path` is the mountpoint of an overlay (read from the mount table).

@@ -288,6 +288,10 @@ impl Repo {
         m: &MachineRow,
         progress: &dyn Progress,
     ) -> Result<Option<String>> {
+        if super::mounted::unfinished_create(m) {
+            self.complete_create(m)?;
+            return Ok(None);
+        }
         let Some(text) = &m.pending else {
             return Ok(None);
         };

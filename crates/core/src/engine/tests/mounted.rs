@@ -409,3 +409,70 @@ fn a_file_copied_up_unchanged_costs_no_new_chunks() {
     );
     env.repo.machine_down("box").unwrap();
 }
+
+/// Regression: a mounted fork killed after its v1 was committed but before its base was
+/// recorded left a machine that every command called corrupt, and one killed before its v1
+/// left a name that no fork could take again.
+#[test]
+fn a_killed_mounted_fork_is_finished_by_the_next_command_or_replaced_by_the_next_fork() {
+    use crate::catalog::MachineKind;
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    adopt(&env.repo, "web", &web);
+    let w1 = checkpoint(&env.repo, "web");
+    let (_, c) = env.repo.resolve(&r("web@v1")).unwrap();
+
+    // Killed after v1: the machine row and its v1, no base and no upper.
+    let at = env.path("a-root");
+    std::fs::create_dir(&at).unwrap();
+    let m = env
+        .repo
+        .register_machine_kind("a", &at, MachineKind::Mounted)
+        .unwrap();
+    env.repo
+        .adopt_checkpoint(&m, &c, "created from web@v1".to_owned())
+        .unwrap();
+    let a2 = checkpoint(&env.repo, "a");
+    assert_eq!(a2.checkpoint.id, "a@v2");
+    assert_eq!(
+        env.repo.machine_row("a").unwrap().base.map(|b| b.root),
+        Some(w1.checkpoint.root),
+        "the next command made v1's tree the base"
+    );
+    assert_eq!(
+        changes(&env, "a@v1", "a@v2"),
+        Vec::<String>::new(),
+        "nothing was written over the base"
+    );
+
+    // Killed before v1: only the row, which holds nothing.
+    let at = env.path("b-root");
+    std::fs::create_dir(&at).unwrap();
+    env.repo
+        .register_machine_kind("b", &at, MachineKind::Mounted)
+        .unwrap();
+    let e = env
+        .repo
+        .checkpoint("b", &CheckpointOptions::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("interrupted") && e.contains("cairn fork"), "{e}");
+    let forks = env
+        .repo
+        .fork_mounted(&r("web@v1"), &["b".to_owned()])
+        .unwrap();
+    assert_eq!(
+        forks[0].head.as_deref(),
+        Some("b@v1"),
+        "the fork took its place"
+    );
+    assert_eq!(forks[0].base, Some(w1.checkpoint.root));
+    assert!(
+        env.repo
+            .check(&Default::default(), &NoProgress)
+            .unwrap()
+            .findings
+            .is_empty()
+    );
+}
