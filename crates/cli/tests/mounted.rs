@@ -19,20 +19,7 @@ fn web_and_box(env: &Env) -> (TestDir, PathBuf) {
 
 /// Pids of this env's view server of `name`.
 fn server_pids(env: &Env, name: &str) -> Vec<i32> {
-    let home = env.home().display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            args.contains(&&b"serve-lower"[..])
-                && args.contains(&name.as_bytes())
-                && args.contains(&home.as_bytes())
-        })
-        .collect()
+    crate::util::view_servers(&env.home(), Some(name))
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //!   committed anyway) restores exactly to the tree it was made from;
 //! - a killed restore is completed by the next command on the machine, or can be undone.
 //!
-//! `CAIRN_CRASH_TRIALS` (test.sh: 240 under CI, 60 otherwise) is the total number of kill trials,
-//! split between the two tests below. Each kill lands uniformly in [0, 1.2 × the command's
+//! `CAIRN_CRASH_TRIALS` (test.sh: 240 under CI, 60 otherwise) is the total number of kill trials:
+//! a third for mounted machines (`mounted.rs`), the rest split between the two directory-machine
+//! tests below. Each kill lands uniformly in [0, 1.2 × the command's
 //! measured duration]. The seed is printed; `CAIRN_CRASH_SEED=N` replays a run.
 
+mod mounted;
 mod world;
 
 use world::{Mix, World};
@@ -59,10 +61,19 @@ fn run(name: &str, trials: u64, salt: u64, mix: Mix) {
     );
 }
 
-/// Half of the trials: checkpoints and restores killed, with some forks.
+/// Trials left for the directory-machine tests once the mounted ones took their third.
+fn directory_trials() -> u64 {
+    trials() - mounted_trials()
+}
+
+fn mounted_trials() -> u64 {
+    trials() / 3
+}
+
+/// Half of the directory-machine trials: checkpoints and restores killed, with some forks.
 #[test]
 fn crash_during_checkpoint_and_restore() {
-    let n = trials() / 2;
+    let n = directory_trials() / 2;
     run(
         "crash_during_checkpoint_and_restore",
         n,
@@ -79,7 +90,7 @@ fn crash_during_checkpoint_and_restore() {
 /// The other half: gc killed after checkpoint deletes, with checkpoints, restores and forks.
 #[test]
 fn crash_during_gc_delete_and_fork() {
-    let n = trials() - trials() / 2;
+    let n = directory_trials() - directory_trials() / 2;
     run(
         "crash_during_gc_delete_and_fork",
         n,
@@ -90,6 +101,30 @@ fn crash_during_gc_delete_and_fork() {
             gc: 40,
             fork: 15,
         },
+    );
+}
+
+/// A third of the trials: a mounted machine that is up, with its checkpoint, restore or fork
+/// killed, or its view server, or both.
+#[test]
+fn crash_mounted_machine_checkpoint_restore_and_fork() {
+    let trials = mounted_trials();
+    let seed = seed();
+    let name = "crash_mounted_machine_checkpoint_restore_and_fork";
+    eprintln!("{name}: {trials} trials, seed {seed} (replay with CAIRN_CRASH_SEED={seed})");
+    let mut w = mounted::MountedWorld::new(seed ^ 0x5eed_0003);
+    for t in 0..trials {
+        w.trial(t);
+    }
+    w.finish();
+    let s = w.stats();
+    eprintln!("{name}: {s}");
+    assert_eq!(s.trials, trials, "every trial ran");
+    assert!(
+        s.killed * 3 >= s.trials,
+        "only {} of {} trials were killed mid-command: {s}",
+        s.killed,
+        s.trials
     );
 }
 

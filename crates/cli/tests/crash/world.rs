@@ -93,20 +93,7 @@ impl World {
         let env = Env::new();
         let dir = env.path("m");
         let mut rng = Rng::new(seed);
-        TestDir::full(&dir.join("full"));
-        for d in 0..DIRS {
-            let sub = dir.join(format!("d{d:02}"));
-            std::fs::create_dir_all(&sub).expect("mkdir");
-            for f in 0..18 {
-                let len = rng.below(12_000) as usize;
-                std::fs::write(sub.join(format!("s{f:02}")), noise(len, rng.next())).expect("w");
-            }
-        }
-        std::fs::create_dir_all(dir.join("big")).expect("mkdir");
-        for (i, mb) in [3u64, 2, 1].iter().enumerate() {
-            let data = noise((mb << 20) as usize + 12345, rng.next());
-            std::fs::write(dir.join(format!("big/b{i}")), data).expect("write big");
-        }
+        build_tree(&dir, &mut rng, MB);
         env.machine(MACHINE, &dir);
         let mut w = World {
             env,
@@ -547,86 +534,128 @@ impl World {
 
     /// Changes a few small files and one big one, then records the new live tree.
     fn mutate(&mut self) {
-        let files = self.small_files();
-        for _ in 0..3 + self.rng.below(10) {
-            let n = self.next_serial();
-            let d = self.dir.join(format!("d{:02}", self.rng.below(DIRS)));
-            match self.rng.below(8) {
-                0 | 1 => {
-                    let f = self.rng.pick(&files);
-                    let len = self.rng.below(20_000) as usize;
-                    std::fs::write(f, noise(len, self.rng.next())).expect("rewrite");
-                }
-                2 => std::fs::write(d.join(format!("n{n}")), noise(3000, n)).expect("add"),
-                3 => {
-                    let _ = std::fs::remove_file(self.rng.pick(&files));
-                }
-                4 => {
-                    let mode = *self.rng.pick(&[0o600, 0o644, 0o755, 0o4755, 0o2640]);
-                    let f = self.rng.pick(&files);
-                    if f.exists() {
-                        TestDir::new(&self.dir).chmod(rel(&self.dir, f), mode);
-                    }
-                }
-                5 => {
-                    let f = self.rng.pick(&files);
-                    if f.exists() {
-                        TestDir::new(&self.dir).xattr(
-                            rel(&self.dir, f),
-                            "user.trial",
-                            format!("{n}").as_bytes(),
-                        );
-                    }
-                }
-                6 => {
-                    let f = self.rng.pick(&files);
-                    let _ = std::fs::hard_link(f, d.join(format!("l{n}")));
-                }
-                _ => {
-                    let target = format!("../d00/s{:02}", self.rng.below(20));
-                    std::os::unix::fs::symlink(target, d.join(format!("y{n}"))).expect("symlink");
-                }
-            }
-        }
-        let big = self.dir.join(format!("big/b{}", self.rng.below(3)));
-        match self.rng.below(3) {
-            0 => {
-                // New data in the middle of a multi-chunk file.
-                use std::os::unix::fs::FileExt;
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&big)
-                    .expect("open big");
-                let len = f.metadata().expect("stat").len();
-                let off = self.rng.below(len.max(1));
-                f.write_all_at(&noise(1 << 20, self.rng.next()), off)
-                    .expect("write big");
-            }
-            1 => {
-                let len = (1 << 20) + self.rng.below(2 << 20) as usize;
-                std::fs::write(&big, noise(len, self.rng.next())).expect("replace big");
-            }
-            _ => {}
-        }
+        mutate_tree(&self.dir, &mut self.rng, &mut self.serial, MB, Links::ToAny);
         self.live = snapshot(&self.dir);
     }
+}
 
-    /// Regular files under the `dNN` directories with a single link.
-    fn small_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for d in 0..DIRS {
-            let sub = self.dir.join(format!("d{d:02}"));
-            for e in std::fs::read_dir(&sub).expect("read_dir") {
-                let p = e.expect("entry").path();
-                let m = std::fs::symlink_metadata(&p).expect("lstat");
-                if m.is_file() && m.nlink() == 1 {
-                    out.push(p);
+/// The size unit of the harness's multi-chunk files: they hold 1 to 3 units.
+pub const MB: usize = 1 << 20;
+
+/// The harness's tree: every special kind of entry (`full/`), a few hundred small files in
+/// `DIRS` directories, and three multi-chunk files of 1 to 3 `unit`s.
+pub fn build_tree(dir: &Path, rng: &mut Rng, unit: usize) {
+    TestDir::full(&dir.join("full"));
+    for d in 0..DIRS {
+        let sub = dir.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        for f in 0..18 {
+            let len = rng.below(12_000) as usize;
+            std::fs::write(sub.join(format!("s{f:02}")), noise(len, rng.next())).expect("w");
+        }
+    }
+    std::fs::create_dir_all(dir.join("big")).expect("mkdir");
+    for (i, n) in [3, 2, 1].into_iter().enumerate() {
+        let data = noise(n * unit + 12345, rng.next());
+        std::fs::write(dir.join(format!("big/b{i}")), data).expect("write big");
+    }
+}
+
+/// How `mutate_tree` may make hardlinks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// To any file with a single link.
+    ToAny,
+    /// Only to files it has just made. Through an overlay, a change to a lower file copies
+    /// that one path up: a new link to a lower file shows a different inode number than the
+    /// file's old path (the lower's), and a write to one path of a lower hardlink leaves the
+    /// others showing the old data and a stale `nlink`. Neither is cairn's doing.
+    ToNew,
+}
+
+/// Changes a few small files and one big one of a `build_tree` tree. It rewrites, removes,
+/// chmods and tags only files with a single link (see `Links` for why).
+pub fn mutate_tree(dir: &Path, rng: &mut Rng, serial: &mut u64, unit: usize, links: Links) {
+    let files = small_files(dir);
+    for _ in 0..3 + rng.below(10) {
+        *serial += 1;
+        let n = *serial;
+        let d = dir.join(format!("d{:02}", rng.below(DIRS)));
+        match rng.below(8) {
+            0 | 1 => {
+                let f = rng.pick(&files);
+                let len = rng.below(20_000) as usize;
+                std::fs::write(f, noise(len, rng.next())).expect("rewrite");
+            }
+            2 => std::fs::write(d.join(format!("n{n}")), noise(3000, n)).expect("add"),
+            3 => {
+                let _ = std::fs::remove_file(rng.pick(&files));
+            }
+            4 => {
+                let mode = *rng.pick(&[0o600, 0o644, 0o755, 0o4755, 0o2640]);
+                let f = rng.pick(&files);
+                if f.exists() {
+                    TestDir::new(dir).chmod(rel(dir, f), mode);
                 }
             }
+            5 => {
+                let f = rng.pick(&files);
+                if f.exists() {
+                    TestDir::new(dir).xattr(rel(dir, f), "user.trial", format!("{n}").as_bytes());
+                }
+            }
+            6 if links == Links::ToAny => {
+                let f = rng.pick(&files);
+                let _ = std::fs::hard_link(f, d.join(format!("l{n}")));
+            }
+            6 => {
+                let f = d.join(format!("h{n}"));
+                std::fs::write(&f, noise(2000, n)).expect("add");
+                std::fs::hard_link(&f, d.join(format!("l{n}"))).expect("link");
+            }
+            _ => {
+                let target = format!("../d00/s{:02}", rng.below(20));
+                std::os::unix::fs::symlink(target, d.join(format!("y{n}"))).expect("symlink");
+            }
         }
-        out.sort();
-        out
     }
+    let big = dir.join(format!("big/b{}", rng.below(3)));
+    match rng.below(3) {
+        0 => {
+            // New data in the middle of a multi-chunk file.
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&big)
+                .expect("open big");
+            let len = f.metadata().expect("stat").len();
+            let off = rng.below(len.max(1));
+            f.write_all_at(&noise(unit, rng.next()), off)
+                .expect("write big");
+        }
+        1 => {
+            let len = unit + rng.below(2 * unit as u64) as usize;
+            std::fs::write(&big, noise(len, rng.next())).expect("replace big");
+        }
+        _ => {}
+    }
+}
+
+/// Regular files under the `dNN` directories with a single link.
+fn small_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in 0..DIRS {
+        let sub = dir.join(format!("d{d:02}"));
+        for e in std::fs::read_dir(&sub).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            if m.is_file() && m.nlink() == 1 {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn rel<'a>(root: &Path, p: &'a Path) -> &'a [u8] {
@@ -639,7 +668,7 @@ fn rel<'a>(root: &Path, p: &'a Path) -> &'a [u8] {
 
 /// The checkpoint id a killed command printed, if it got that far: from the JSON document, or
 /// from a partial one (`"id": "m@v3"` up to the kill).
-fn reported_id(stdout: &[u8], key: &str) -> Option<String> {
+pub fn reported_id(stdout: &[u8], key: &str) -> Option<String> {
     if let Ok(v) = serde_json::from_slice::<Value>(stdout) {
         return v["checkpoint"]["id"].as_str().map(str::to_owned);
     }

@@ -1,0 +1,604 @@
+//! Mounted machines in the crash harness: a machine that is up, written through its overlay,
+//! while `cairn checkpoint create`, `cairn restore` or `cairn fork` runs on it, and SIGKILL for
+//! that command, for the view server of its lower layer (`machine serve-lower`), or for both.
+//!
+//! After every kill: `cairn check` passes; `cairn machine up` brings the machine back (saying
+//! what it recovered) and completes an interrupted restore; the view is exactly the state
+//! before the command or the command's target, so what was written into the upper survives
+//! unless a restore took effect; every checkpoint that exists restores exactly; and once the
+//! machine is down again no mount or server is left behind.
+
+use super::world::{Links, build_tree, mutate_tree, reported_id};
+use crate::util::tree::{Rng, first_difference};
+use crate::util::{Env, Run, Snapshot, assert_same, finish, mounts_under, snapshot, view_servers};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const BOX: &str = "box";
+/// Multi-chunk files of 128 to 384 KiB: every cold read through a fresh view costs, and the
+/// trials are about the protocol, not about volume.
+const UNIT: usize = 128 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Op {
+    Checkpoint,
+    Restore,
+    Fork,
+}
+
+/// What a trial kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    Command,
+    Server,
+    Both,
+}
+
+/// Trials run and how many were cut short by a kill (of the command or of the view server).
+#[derive(Default)]
+pub struct Stats {
+    pub trials: u64,
+    pub killed: u64,
+    by_op: BTreeMap<Op, (u64, u64)>,
+    server_kills: u64,
+    recoveries: u64,
+    interrupted_restores: u64,
+    undone: u64,
+    unreported_commits: u64,
+    half_forks: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} trials, {} killed (", self.trials, self.killed)?;
+        for (op, (n, k)) in &self.by_op {
+            write!(f, "{op:?} {k}/{n}; ")?;
+        }
+        write!(
+            f,
+            "{} view servers killed, {} recoveries reported by up; {} restores left a journal, \
+             {} of them undone; {} checkpoints committed but not reported; {} forks left a \
+             machine behind)",
+            self.server_kills,
+            self.recoveries,
+            self.interrupted_restores,
+            self.undone,
+            self.unreported_commits,
+            self.half_forks
+        )
+    }
+}
+
+struct Outcome {
+    run: Run,
+    /// The command was killed before it finished.
+    killed: bool,
+    /// A view server was killed during (or right after) the command.
+    server_killed: bool,
+}
+
+/// Detaches whatever is still mounted in the trial's tempdir and kills its view servers, so a
+/// failing trial leaves nothing behind that could break later tests.
+struct MountGuard {
+    root: PathBuf,
+    home: PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        for p in mounts_under(&self.root) {
+            let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+        }
+        for pid in view_servers(&self.home, None) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+pub struct MountedWorld {
+    // Declared first so it is dropped before `env` removes the tempdir.
+    _guard: MountGuard,
+    env: Env,
+    rng: Rng,
+    /// Where `box` appears while it is up.
+    at: PathBuf,
+    /// Every checkpoint of `box` that exists → the tree it must restore to.
+    known: BTreeMap<String, Snapshot>,
+    /// What the machine shows now.
+    live: Snapshot,
+    est: HashMap<Op, Duration>,
+    kills_in_a_row: HashMap<Op, u32>,
+    stats: Stats,
+    serial: u64,
+}
+
+impl MountedWorld {
+    /// `web`, a directory machine holding the harness's tree, with web@v1; `box`, a mounted
+    /// machine over it; each command timed once unkilled.
+    pub fn new(seed: u64) -> MountedWorld {
+        let env = Env::new();
+        let guard = MountGuard {
+            root: env.root().to_owned(),
+            home: env.home(),
+        };
+        let mut rng = Rng::new(seed);
+        let src = env.path("web");
+        build_tree(&src, &mut rng, UNIT);
+        env.machine("web", &src);
+        env.checkpoint("web");
+        let v = env
+            .cairn(["machine", "create", BOX, "--mounted", "--from", "web@v1"])
+            .json();
+        let at = PathBuf::from(v["at"].as_str().expect("at"));
+        let mut w = MountedWorld {
+            _guard: guard,
+            env,
+            rng,
+            at,
+            known: BTreeMap::new(),
+            live: snapshot(&src),
+            est: HashMap::new(),
+            kills_in_a_row: HashMap::new(),
+            stats: Stats::default(),
+            serial: 0,
+        };
+        w.known.insert(format!("{BOX}@v1"), w.live.clone());
+        w.up(BOX, u64::MAX);
+        w.expect_view(&w.live.clone(), u64::MAX, "box over web@v1");
+        // Calibration, while up, as in the trials.
+        w.mutate();
+        let start = Instant::now();
+        let v2 = w.env.checkpoint(BOX);
+        w.est.insert(Op::Checkpoint, start.elapsed());
+        w.known.insert(v2.clone(), w.live.clone());
+        let start = Instant::now();
+        w.env.restore(&format!("{BOX}@v1"));
+        w.est.insert(Op::Restore, start.elapsed());
+        let v1 = w.known[&format!("{BOX}@v1")].clone();
+        w.expect_view(&v1, u64::MAX, "calibration restore of v1");
+        let start = Instant::now();
+        w.env.cairn(["fork", &v2, "calibration"]).json();
+        w.est.insert(Op::Fork, start.elapsed());
+        w.env.cairn(["machine", "rm", "calibration"]).json();
+        w.down_all(u64::MAX);
+        eprintln!("measured durations (mounted): {:?}", w.est);
+        w
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// One trial: bring `box` up, kill a command on it, verify, bring everything down.
+    pub fn trial(&mut self, t: u64) {
+        self.up(BOX, t);
+        self.expect_view(&self.live.clone(), t, "box brought up for the trial");
+        let roll = self.rng.below(100);
+        let op = match roll {
+            0..45 => Op::Checkpoint,
+            45..85 => Op::Restore,
+            _ => Op::Fork,
+        };
+        let victim = match self.rng.below(10) {
+            0..6 => Victim::Command,
+            6 | 7 => Victim::Server,
+            _ => Victim::Both,
+        };
+        let killed = match op {
+            Op::Checkpoint => self.trial_checkpoint(t, victim),
+            Op::Restore => self.trial_restore(t, victim),
+            Op::Fork => self.trial_fork(t, victim),
+        };
+        let e = self.stats.by_op.entry(op).or_default();
+        e.0 += 1;
+        e.1 += u64::from(killed);
+        self.stats.trials += 1;
+        self.stats.killed += u64::from(killed);
+        self.verify_random(t);
+        self.down_all(t);
+    }
+
+    /// Runs `cairn ARGS --json` and kills it, the view server of `box`, or both, each at a
+    /// uniform random instant in [0, 1.2 × the command's measured duration]. A server whose
+    /// instant comes after the command ended is killed then. A command that finishes must
+    /// succeed, whether or not the server died under it.
+    fn run_killed(&mut self, op: Op, args: &[OsString], victim: Victim, t: u64) -> Outcome {
+        let est = self.est[&op];
+        let mut instant = || est.mul_f64(1.2 * self.rng.below(1_000_000) as f64 / 1e6);
+        let cmd_at = (victim != Victim::Server).then(&mut instant);
+        let server_at = (victim != Victim::Command).then(&mut instant);
+        let start = Instant::now();
+        let mut child = self.env.cairn(args).arg("--json").spawn();
+        let mut sent = false;
+        let mut server_killed = None;
+        loop {
+            if server_killed.is_none() && server_at.is_some_and(|at| start.elapsed() >= at) {
+                server_killed = Some(self.kill_servers());
+            }
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            if cmd_at.is_some_and(|at| start.elapsed() >= at) {
+                child.kill().expect("SIGKILL cairn");
+                sent = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        let run = finish(child);
+        let elapsed = start.elapsed();
+        if server_at.is_some() && server_killed.is_none() {
+            server_killed = Some(self.kill_servers());
+        }
+        let server_killed = server_killed.unwrap_or(false);
+        let killed = run.code.is_none();
+        assert!(
+            !killed || (sent && run.signal == Some(libc::SIGKILL)),
+            "trial {t}: {args:?} died of signal {:?} on its own\nstderr:\n{}",
+            run.signal,
+            run.stderr
+        );
+        eprintln!(
+            "trial {t}: mounted {op:?} {args:?} {} after {elapsed:.2?} (kill {cmd_at:.2?}, \
+             server kill {server_at:.2?}: {})",
+            if killed { "killed" } else { "finished" },
+            if server_killed { "done" } else { "no server" }
+        );
+        self.stats.server_kills += u64::from(server_killed);
+        if !killed {
+            assert_eq!(
+                run.code,
+                Some(0),
+                "trial {t}: {args:?} failed (view server killed: {server_killed})\nstdout:\n{}\n\
+                 stderr:\n{}",
+                run.stdout(),
+                run.stderr
+            );
+            let e = self.est.get_mut(&op).expect("calibrated");
+            *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+            self.kills_in_a_row.insert(op, 0);
+        } else {
+            // As in the directory harness: widen an estimate that only kills keep short.
+            let n = self.kills_in_a_row.entry(op).or_default();
+            *n += 1;
+            if *n >= 8 {
+                *n = 0;
+                let e = self.est.get_mut(&op).expect("calibrated");
+                *e = e.mul_f64(1.25);
+            }
+        }
+        Outcome {
+            run,
+            killed,
+            server_killed,
+        }
+    }
+
+    /// SIGKILLs every view server of `box`; true if there was one.
+    fn kill_servers(&self) -> bool {
+        let pids = view_servers(&self.env.home(), Some(BOX));
+        for &pid in &pids {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        !pids.is_empty()
+    }
+
+    fn check(&self, t: u64, read_data: bool) {
+        let mut cmd = self.env.cairn(["check"]);
+        if read_data {
+            cmd.arg("--read-data");
+        }
+        let run = cmd.arg("--json").run();
+        assert_eq!(
+            run.code,
+            Some(0),
+            "trial {t}: cairn check failed\nstdout:\n{}\nstderr:\n{}",
+            run.stdout(),
+            run.stderr
+        );
+        let v = run.json();
+        assert_eq!(v["findings"], Value::Array(vec![]), "trial {t}: {v}");
+    }
+
+    /// `cairn machine up NAME`, which must succeed whatever an earlier kill left; returns what
+    /// it recovered.
+    fn up(&mut self, name: &str, t: u64) -> Vec<String> {
+        let run = self.env.cairn(["machine", "up", name, "--json"]).run();
+        assert_eq!(
+            run.code,
+            Some(0),
+            "trial {t}: machine up {name} failed\nstdout:\n{}\nstderr:\n{}",
+            run.stdout(),
+            run.stderr
+        );
+        let v = run.json();
+        let recovered: Vec<String> = v["recovered"]
+            .as_array()
+            .unwrap_or_else(|| panic!("trial {t}: no recovered in {v}"))
+            .iter()
+            .map(|r| r.as_str().expect("a recovery is text").to_owned())
+            .collect();
+        if !recovered.is_empty() {
+            self.stats.recoveries += 1;
+            eprintln!("trial {t}: machine up {name} recovered: {recovered:?}");
+        }
+        recovered
+    }
+
+    /// Brings `box` down and proves nothing of it stays mounted or running.
+    fn down_all(&mut self, t: u64) {
+        self.env.cairn(["machine", "down", BOX]).json();
+        let left = mounts_under(self.env.root());
+        assert!(left.is_empty(), "trial {t}: mounts left behind: {left:?}");
+        // A server exits once its view is unmounted; give it a moment to notice.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = view_servers(&self.env.home(), None);
+            if pids.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trial {t}: view servers still running with every machine down: {pids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Matches box's checkpoint list against what is known; new ones were made from
+    /// `made_from`. Returns the new ids.
+    fn reconcile(&mut self, t: u64, made_from: Option<&Snapshot>) -> Vec<String> {
+        let list = self.env.cairn(["checkpoint", "list", BOX]).json();
+        let ids: Vec<String> = list
+            .as_array()
+            .expect("checkpoint list is an array")
+            .iter()
+            .map(|c| c["id"].as_str().expect("id").to_owned())
+            .collect();
+        for k in self.known.keys() {
+            assert!(
+                ids.contains(k),
+                "trial {t}: checkpoint {k} vanished; the list is {ids:?}"
+            );
+        }
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !self.known.contains_key(id))
+            .collect();
+        assert!(new.len() <= 1, "trial {t}: several new checkpoints {new:?}");
+        for id in &new {
+            let snap = made_from
+                .unwrap_or_else(|| panic!("trial {t}: checkpoint {id} appeared from nowhere"));
+            self.known.insert(id.clone(), snap.clone());
+            // Every checkpoint that comes to exist restores exactly, not just a random one.
+            self.fork_and_compare(id, t);
+        }
+        new
+    }
+
+    fn trial_checkpoint(&mut self, t: u64, victim: Victim) -> bool {
+        self.mutate();
+        let s = self.live.clone();
+        let mut args: Vec<OsString> = vec!["checkpoint".into(), "create".into(), BOX.into()];
+        if self.rng.chance(30) {
+            self.serial += 1;
+            args.push("--name".into());
+            args.push(format!("n{}", self.serial).into());
+        }
+        let out = self.run_killed(Op::Checkpoint, &args, victim, t);
+        let reported = reported_id(&out.run.stdout, "\"id\": \"");
+        self.check(t, false);
+        let recovered = self.up(BOX, t);
+        if out.server_killed {
+            // A checkpoint never remounts, so the dead server's mounts are still there.
+            assert!(
+                !recovered.is_empty(),
+                "trial {t}: the view server was killed but up recovered nothing"
+            );
+        }
+        let new = self.reconcile(t, Some(&s));
+        match &reported {
+            Some(id) => assert_eq!(new, vec![id.clone()], "trial {t}: reported {id}"),
+            None if !new.is_empty() => self.stats.unreported_commits += 1,
+            None => {}
+        }
+        self.expect_view(&s, t, "the upper's writes after a killed checkpoint");
+        (out.killed && reported.is_none()) || out.server_killed
+    }
+
+    fn trial_restore(&mut self, t: u64, victim: Victim) -> bool {
+        if self.rng.chance(60) {
+            // Unsaved writes, so the restore has an undo point to commit first.
+            self.mutate();
+        }
+        let before = self.live.clone();
+        let target = self.pick_other_than_live();
+        let target_snap = self.known[&target].clone();
+        let args: Vec<OsString> = vec!["restore".into(), target.clone().into()];
+        let out = self.run_killed(Op::Restore, &args, victim, t);
+        let reported = serde_json::from_slice::<Value>(&out.run.stdout).ok();
+        self.check(t, false);
+        let info = self.env.cairn(["machine", "show", BOX]).json();
+        let journal = !info["interrupted_restore"].is_null();
+        self.reconcile(t, Some(&before));
+        if journal {
+            self.stats.interrupted_restores += 1;
+            assert_eq!(info["interrupted_restore"], target.as_str(), "trial {t}");
+        }
+        if journal && self.rng.chance(35) {
+            // Undo it: the next restore first completes the interrupted one.
+            let undo = self
+                .known
+                .iter()
+                .find(|(_, s)| **s == before)
+                .map(|(id, _)| id.clone())
+                .unwrap_or_else(|| {
+                    panic!("trial {t}: a journal exists but no checkpoint holds the state before")
+                });
+            let v = self.env.restore(&undo);
+            assert_eq!(
+                v["completed_interrupted"],
+                target.as_str(),
+                "trial {t}: {v}"
+            );
+            self.stats.undone += 1;
+            self.reconcile(t, Some(&target_snap));
+            self.up(BOX, t);
+            self.expect_view(&before, t, "undoing an interrupted restore");
+        } else {
+            // `machine up` completes an interrupted restore before mounting.
+            self.up(BOX, t);
+            let now = snapshot(&self.at);
+            if reported.is_some() || journal {
+                assert_same(
+                    &now,
+                    &target_snap,
+                    &format!("trial {t}: restore of {target}"),
+                );
+            } else {
+                assert!(
+                    now == before || now == target_snap,
+                    "trial {t}: no journal, yet the view is neither the state before nor the \
+                     target: vs before: {:?}; vs target: {:?}",
+                    first_difference(&now, &before),
+                    first_difference(&now, &target_snap)
+                );
+            }
+            self.live = now;
+        }
+        let info = self.env.cairn(["machine", "show", BOX]).json();
+        assert!(info["interrupted_restore"].is_null(), "trial {t}: {info}");
+        if let Some(v) = &reported {
+            assert_eq!(v["target"], target.as_str(), "trial {t}: {v}");
+            return out.server_killed;
+        }
+        out.killed || out.server_killed
+    }
+
+    fn trial_fork(&mut self, t: u64, victim: Victim) -> bool {
+        let ids: Vec<String> = self.known.keys().cloned().collect();
+        let source = self.rng.pick(&ids).clone();
+        self.serial += 1;
+        let name = format!("x{}", self.serial);
+        let args: Vec<OsString> = vec!["fork".into(), source.clone().into(), name.clone().into()];
+        let out = self.run_killed(Op::Fork, &args, victim, t);
+        let reported = serde_json::from_slice::<Value>(&out.run.stdout).ok();
+        self.check(t, false);
+        self.up(BOX, t);
+        self.reconcile(t, None);
+        let show = self.env.cairn(["machine", "show", &name, "--json"]).run();
+        let exists = show.code == Some(0);
+        if reported.is_some() {
+            assert!(exists, "trial {t}: reported fork {name} does not exist");
+        } else if exists && !show.json()["head"].is_null() {
+            // Killed once its v1 was committed: the next command on it finishes it.
+            self.stats.half_forks += 1;
+        } else {
+            // Killed earlier: what is left holds nothing, and running the fork again works.
+            self.env.cairn(["fork", &source, &name]).json();
+        }
+        // Whatever the kill left, the fork is a working machine over the source's tree.
+        self.up(&name, t);
+        let info = self.env.cairn(["machine", "show", &name]).json();
+        let fork_at = PathBuf::from(info["dir"].as_str().expect("dir"));
+        assert_same(
+            &snapshot(&fork_at),
+            &self.known[&source],
+            &format!("trial {t}: mounted fork {name} of {source}"),
+        );
+        self.env.cairn(["machine", "down", &name]).json();
+        self.env.cairn(["machine", "rm", &name]).json();
+        self.expect_view(&self.live.clone(), t, "box after a fork of it");
+        out.killed && reported.is_none() || out.server_killed
+    }
+
+    /// After every trial: one random checkpoint restores exactly, by a restore of `box` (a
+    /// rebase, while up) or by a fork into a directory machine.
+    fn verify_random(&mut self, t: u64) {
+        let ids: Vec<String> = self.known.keys().cloned().collect();
+        let id = self.rng.pick(&ids).clone();
+        if self.rng.chance(50) {
+            self.restore_and_compare(&id, t);
+        } else {
+            self.fork_and_compare(&id, t);
+        }
+    }
+
+    fn restore_and_compare(&mut self, id: &str, t: u64) {
+        let before = self.live.clone();
+        let v = self.env.restore(id);
+        assert!(v["completed_interrupted"].is_null(), "trial {t}: {v}");
+        self.reconcile(t, Some(&before));
+        let want = self.known[id].clone();
+        self.expect_view(&want, t, &format!("restore of {id}"));
+    }
+
+    /// Forks `id` into a directory machine and compares the directory, then drops it.
+    fn fork_and_compare(&mut self, id: &str, t: u64) {
+        self.serial += 1;
+        let name = format!("d{}", self.serial);
+        let dir = self.env.path(&name);
+        self.env
+            .cairn(["fork", id, &name, "--dir"])
+            .arg(&dir)
+            .json();
+        assert_same(
+            &snapshot(&dir),
+            &self.known[id],
+            &format!("trial {t}: {id} forked into a directory"),
+        );
+        self.env.cairn(["machine", "rm", &name]).json();
+        std::fs::remove_dir_all(&dir).expect("remove fork dir");
+    }
+
+    fn expect_view(&mut self, want: &Snapshot, t: u64, what: &str) {
+        let now = snapshot(&self.at);
+        assert_same(&now, want, &format!("trial {t}: {what}"));
+        self.live = now;
+    }
+
+    fn pick_other_than_live(&mut self) -> String {
+        let others: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(_, s)| **s != self.live)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let ids = if others.is_empty() {
+            self.known.keys().cloned().collect()
+        } else {
+            others
+        };
+        self.rng.pick(&ids).clone()
+    }
+
+    /// At the end: read every byte back, then restore every checkpoint and compare the view.
+    pub fn finish(&mut self) {
+        self.check(u64::MAX, true);
+        self.up(BOX, u64::MAX);
+        let ids: Vec<String> = self.known.keys().cloned().collect();
+        for id in ids {
+            self.restore_and_compare(&id, u64::MAX);
+        }
+        self.down_all(u64::MAX);
+        self.check(u64::MAX, true);
+    }
+
+    /// Writes through the mountpoint (see `Links::ToNew`), then records the view.
+    fn mutate(&mut self) {
+        mutate_tree(
+            &self.at,
+            &mut self.rng,
+            &mut self.serial,
+            UNIT,
+            Links::ToNew,
+        );
+        self.live = snapshot(&self.at);
+    }
+}
