@@ -166,7 +166,21 @@ impl Repo {
                     .as_c_str(),
             ),
         ) {
+            // The view can die between answering and the overlay's mount (its server was
+            // killed): then overlayfs is not what failed, and up again is the cure.
+            let lower_died = !Self::lower_healthy(&l.lower);
             let _ = self.stop_lower(m, &l.lower);
+            if lower_died {
+                return Err(EngineError::Invalid(format!(
+                    "the view server of {}'s lower layer stopped before the overlay could be \
+                     mounted at {} ({e}); nothing is lost: `cairn machine up {}` starts it \
+                     again (its log is {})",
+                    m.name,
+                    m.dir.display(),
+                    m.name,
+                    l.state.join("lower.log").display()
+                )));
+            }
             return Err(EngineError::Invalid(format!(
                 "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
                  namespace) and a kernel with overlay support; options were {opts}",
@@ -272,9 +286,10 @@ impl Repo {
                         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                         return Err(EngineError::Invalid(format!(
                             "the lower layer server of {} exited ({status}) before its view \
-                             was up: {}",
+                             was up: {}; nothing is lost: `cairn machine up {}` starts it again",
                             m.name,
-                            log.trim()
+                            log.trim(),
+                            m.name
                         )));
                     }
                     if Instant::now() > deadline {
