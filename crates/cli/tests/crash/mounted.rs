@@ -50,6 +50,7 @@ pub struct Stats {
     undone: u64,
     unreported_commits: u64,
     half_forks: u64,
+    remounts_lost: u64,
 }
 
 impl fmt::Display for Stats {
@@ -62,13 +63,14 @@ impl fmt::Display for Stats {
             f,
             "{} view servers killed, {} recoveries reported by up; {} restores left a journal, \
              {} of them undone; {} checkpoints committed but not reported; {} forks left a \
-             machine behind)",
+             machine behind; {} restores lost their remount's view server)",
             self.server_kills,
             self.recoveries,
             self.interrupted_restores,
             self.undone,
             self.unreported_commits,
-            self.half_forks
+            self.half_forks,
+            self.remounts_lost
         )
     }
 }
@@ -250,7 +252,17 @@ impl MountedWorld {
             if server_killed { "done" } else { "no server" }
         );
         self.stats.server_kills += u64::from(server_killed);
-        if !killed {
+        let server_started = server_killed && args[0] == "restore";
+        if !killed && run.code != Some(0) && server_started {
+            // The view server the restore had just started for its remount was killed: the
+            // restore itself is done, and the error must say what stopped and what to run.
+            let e = run.stderr.clone();
+            assert!(
+                e.contains("server") && e.contains("cairn machine up"),
+                "trial {t}: {args:?} failed without saying why: {e}"
+            );
+            self.stats.remounts_lost += 1;
+        } else if !killed {
             assert_eq!(
                 run.code,
                 Some(0),
@@ -422,7 +434,9 @@ impl MountedWorld {
         let target_snap = self.known[&target].clone();
         let args: Vec<OsString> = vec!["restore".into(), target.clone().into()];
         let out = self.run_killed(Op::Restore, &args, victim, t);
-        let reported = serde_json::from_slice::<Value>(&out.run.stdout).ok();
+        let reported = (out.run.code == Some(0))
+            .then(|| serde_json::from_slice::<Value>(&out.run.stdout).ok())
+            .flatten();
         self.check(t, false);
         let info = self.env.cairn(["machine", "show", BOX]).json();
         let journal = !info["interrupted_restore"].is_null();
