@@ -171,26 +171,15 @@ impl Repo {
             path: dir.to_owned(),
             reason: reason.to_owned(),
         };
-        match std::fs::symlink_metadata(dir) {
-            Ok(m) if !m.is_dir() => return Err(bad("it exists and is not a directory")),
-            Ok(_) => {
-                let mut it = std::fs::read_dir(dir).map_err(|e| bad(&e.to_string()))?;
-                if it.next().is_some() {
-                    return Err(bad(
-                        "it exists and is not empty; choose a new or empty directory",
-                    ));
-                }
+        if !new_or_empty(dir)? {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(bad("its parent directory does not exist"));
             }
-            Err(_) => {
-                let parent = dir
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                if !parent.is_dir() {
-                    return Err(bad("its parent directory does not exist"));
-                }
-                std::fs::create_dir(dir).map_err(|e| bad(&e.to_string()))?;
-            }
+            std::fs::create_dir(dir).map_err(|e| bad(&e.to_string()))?;
         }
         let canon = dir.canonicalize().map_err(|e| bad(&e.to_string()))?;
         if let Err(e) = self.check_overlaps(&canon, dir) {
@@ -210,18 +199,7 @@ impl Repo {
             path: dir.to_owned(),
             reason: reason.to_owned(),
         };
-        match std::fs::symlink_metadata(dir) {
-            Ok(m) if !m.is_dir() => return Err(bad("it exists and is not a directory")),
-            Ok(_) => {
-                let mut it = std::fs::read_dir(dir).map_err(|e| bad(&e.to_string()))?;
-                if it.next().is_some() {
-                    return Err(bad(
-                        "it exists and is not empty; choose a new or empty directory",
-                    ));
-                }
-            }
-            Err(_) => {}
-        }
+        new_or_empty(dir)?;
         let name = dir
             .file_name()
             .ok_or_else(|| bad("it does not end in a directory name"))?;
@@ -353,6 +331,28 @@ impl Repo {
         self.catalog.delete_machine(m.id)?;
         let _ = std::fs::remove_dir_all(self.machine_state_dir(&m.uid));
         Ok(())
+    }
+}
+
+/// Accepts a directory that does not exist yet (false) or is empty (true); refuses anything
+/// else, saying why.
+fn new_or_empty(dir: &Path) -> Result<bool> {
+    let bad = |reason: &str| EngineError::BadDir {
+        path: dir.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(bad("it exists and is not a directory")),
+        Ok(_) => {
+            let mut it = std::fs::read_dir(dir).map_err(|e| bad(&e.to_string()))?;
+            if it.next().is_some() {
+                return Err(bad(
+                    "it exists and is not empty; choose a new or empty directory",
+                ));
+            }
+            Ok(true)
+        }
+        Err(_) => Ok(false),
     }
 }
 
