@@ -14,6 +14,7 @@
 mod mounted;
 mod world;
 
+use std::fmt::Display;
 use world::{Mix, World};
 
 /// Total trials asked for, shared by both harness tests.
@@ -49,15 +50,18 @@ fn run(name: &str, trials: u64, salt: u64, mix: Mix) {
     }
     w.finish();
     let s = w.stats();
-    eprintln!("{name}: {s}");
-    // A harness whose kills never land proves nothing. Uniform kills over 1.2 × the duration
-    // stop about 80% of runs; a third leaves room for a loaded machine's jitter.
-    assert_eq!(s.trials, trials, "every trial ran");
+    assert_kills_landed(name, trials, s.trials, s.killed, s);
+}
+
+/// Prints a run's outcome and fails it unless every trial ran and enough kills landed: a
+/// harness whose kills never land proves nothing. Uniform kills over 1.2 × the duration stop
+/// about 80% of runs; a third leaves room for a loaded machine's jitter.
+fn assert_kills_landed(name: &str, trials: u64, ran: u64, killed: u64, shown: &dyn Display) {
+    eprintln!("{name}: {shown}");
+    assert_eq!(ran, trials, "every trial ran");
     assert!(
-        s.killed * 3 >= s.trials,
-        "only {} of {} trials were killed mid-command: {s}",
-        s.killed,
-        s.trials
+        killed * 3 >= ran,
+        "only {killed} of {ran} trials were killed mid-command: {shown}"
     );
 }
 
@@ -118,14 +122,7 @@ fn crash_mounted_machine_checkpoint_restore_and_fork() {
     }
     w.finish();
     let s = w.stats();
-    eprintln!("{name}: {s}");
-    assert_eq!(s.trials, trials, "every trial ran");
-    assert!(
-        s.killed * 3 >= s.trials,
-        "only {} of {} trials were killed mid-command: {s}",
-        s.killed,
-        s.trials
-    );
+    assert_kills_landed(name, trials, s.trials, s.killed, s);
 }
 
 /// Regression: a fork killed midway left a half-written directory, and running the same fork

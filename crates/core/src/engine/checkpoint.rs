@@ -103,10 +103,7 @@ impl Repo {
             .min(8);
         if m.kind == MachineKind::Mounted {
             // Only the upper layer is walked; the base fills in everything it lacks.
-            let base = m.base.ok_or_else(|| EngineError::Corrupt {
-                what: format!("mounted machine {}", m.name),
-                reason: "it has no base tree".to_owned(),
-            })?;
+            let base = super::mounted::base_of_row(m)?;
             let upper_dir = self.layout(m).upper;
             let root = Dir::open(&upper_dir).map_err(|e| EngineError::BadDir {
                 path: upper_dir.clone(),

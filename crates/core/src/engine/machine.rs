@@ -284,13 +284,7 @@ impl Repo {
 
     fn machine_info_row(&self, m: &MachineRow) -> Result<MachineInfo> {
         let cps = self.catalog.checkpoints(m.id)?;
-        let head = match m.head {
-            Some(h) => self
-                .catalog
-                .checkpoint(h)?
-                .map(|c| format!("{}@v{}", c.machine, c.version)),
-            None => None,
-        };
+        let head = self.head_ref(m)?;
         Ok(MachineInfo {
             name: m.name.clone(),
             dir: m.dir.clone(),
@@ -300,6 +294,17 @@ impl Repo {
             head,
             latest: cps.last().map(|c| format!("{}@v{}", m.name, c.version)),
             interrupted_restore: m.pending.as_deref().map(super::restore::journal_target),
+        })
+    }
+
+    /// The checkpoint the machine's live state descends from, as `machine@vN`.
+    pub(crate) fn head_ref(&self, m: &MachineRow) -> Result<Option<String>> {
+        Ok(match m.head {
+            Some(h) => self
+                .catalog
+                .checkpoint(h)?
+                .map(|c| format!("{}@v{}", c.machine, c.version)),
+            None => None,
         })
     }
 

@@ -420,13 +420,7 @@ impl Repo {
     }
 
     pub(crate) fn mounted_info(&self, m: &MachineRow) -> Result<MountedInfo> {
-        let head = match m.head {
-            Some(h) => self
-                .catalog
-                .checkpoint(h)?
-                .map(|c| format!("{}@v{}", c.machine, c.version)),
-            None => None,
-        };
+        let head = self.head_ref(m)?;
         Ok(MountedInfo {
             name: m.name.clone(),
             at: m.dir.clone(),
@@ -440,6 +434,14 @@ impl Repo {
     pub(crate) fn is_up(&self, m: &MachineRow) -> bool {
         m.kind == MachineKind::Mounted && is_overlay_at(&m.dir)
     }
+}
+
+/// The base of a mounted machine; a mounted machine without one is corrupt.
+pub(crate) fn base_of_row(m: &MachineRow) -> Result<Base> {
+    m.base.ok_or_else(|| EngineError::Corrupt {
+        what: format!("mounted machine {}", m.name),
+        reason: "it has no base tree".to_owned(),
+    })
 }
 
 /// A mounted machine as shown to users.

@@ -136,10 +136,7 @@ impl Repo {
         if !report.recovered.is_empty() {
             report.phases.push(Phase::since("recover", t));
         }
-        let base = m.base.ok_or_else(|| EngineError::Corrupt {
-            what: format!("mounted machine {}", m.name),
-            reason: "it has no base tree".to_owned(),
-        })?;
+        let base = super::mounted::base_of_row(m)?;
         let t = Instant::now();
         self.start_lower(m, base.root, &l.lower)?;
         report.phases.push(Phase::since("lower", t));
@@ -324,10 +321,7 @@ impl Repo {
     /// detached server process started by `machine up` runs.
     pub fn serve_lower(&self, name: &str) -> Result<()> {
         let m = self.mounted_row(name)?;
-        let base = m.base.ok_or_else(|| EngineError::Corrupt {
-            what: format!("mounted machine {}", m.name),
-            reason: "it has no base tree".to_owned(),
-        })?;
+        let base = super::mounted::base_of_row(&m)?;
         let lower = self.layout(&m).lower;
         let mut view = self.mount_tree(
             base.root,
