@@ -4,16 +4,16 @@
 //! directory listings, symlink targets and file pages for as long as it likes. Anything that
 //! would change the tree answers `EROFS`; nothing here ever writes to the store.
 
-use super::MountError;
 use super::blobs::Blobs;
 use super::inodes::{Inode, Inodes};
+use super::{MountError, Requests};
 use crate::engine::join_path;
 use crate::model::{Content, Entry, Extent, Node, Timestamp, Tree};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -33,15 +33,23 @@ pub(super) struct ViewFs {
     /// The machine directory: hardlink targets are paths from it, even when the view shows
     /// only a subtree.
     top: Node,
+    requests: Arc<Requests>,
 }
 
 impl ViewFs {
     /// A view whose root is `root`, found at `path` below the machine directory `top`.
-    pub(super) fn new(blobs: Blobs, top: Node, path: Vec<u8>, root: Node) -> ViewFs {
+    pub(super) fn new(
+        blobs: Blobs,
+        top: Node,
+        path: Vec<u8>,
+        root: Node,
+        requests: Arc<Requests>,
+    ) -> ViewFs {
         ViewFs {
             blobs,
             inodes: Inodes::with_root(path, root),
             top,
+            requests,
         }
     }
 
@@ -311,6 +319,7 @@ impl Filesystem for ViewFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Requests::count(&self.requests.lookup);
         match self.lookup_attr(parent, name.as_bytes()) {
             Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
             // Node id 0 is a negative entry the kernel caches for the TTL: absent stays absent.
@@ -320,6 +329,7 @@ impl Filesystem for ViewFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        Requests::count(&self.requests.getattr);
         match self.inode(ino).and_then(|i| self.attr(&i)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -337,12 +347,18 @@ impl Filesystem for ViewFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        Requests::count(&self.requests.open);
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
         match self.inode(ino) {
-            // Pages read once stay valid across opens: the file cannot change.
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            // `ENOSYS` tells the kernel that opens need no server: it stops sending OPEN,
+            // FLUSH and RELEASE for every file from now on and keeps each file's pages across
+            // opens (`FOPEN_KEEP_CACHE` is its default then), which is right for a tree that
+            // cannot change. A warm open then never leaves the kernel. Reads name the inode,
+            // not a handle, so nothing here needs one; writes are refused by the read-only
+            // mount before they could reach us.
+            Ok(_) => reply.error(Errno::ENOSYS),
             Err(e) => reply.error(e),
         }
     }
@@ -358,6 +374,7 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        Requests::count(&self.requests.read);
         self.read_range(ino, offset, size, reply);
     }
 
@@ -377,12 +394,11 @@ impl Filesystem for ViewFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        Requests::count(&self.requests.opendir);
         match self.inode(ino) {
-            // Listings are cached in the page cache and kept across opens.
-            Ok(_) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // As for files: no OPENDIR or RELEASEDIR from now on, and listings stay cached
+            // across opens (the kernel's default is then `FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE`).
+            Ok(_) => reply.error(Errno::ENOSYS),
             Err(e) => reply.error(e),
         }
     }
@@ -395,6 +411,7 @@ impl Filesystem for ViewFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        Requests::count(&self.requests.readdir);
         let listing = (|| {
             let dir = self.inode(ino)?;
             let tree = self.tree_of(&dir)?;

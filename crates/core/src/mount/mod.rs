@@ -23,6 +23,8 @@ use crate::catalog::CatalogError;
 use crate::model::Node;
 use crate::store::{Store, StoreError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -145,11 +147,35 @@ pub(crate) struct ViewSpec {
 pub struct MountedView {
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    requests: Arc<Requests>,
+}
+
+/// How many requests of each kind the kernel has sent the view so far. Warm reads of cached
+/// files and listings send none: that is what these let a test (or a curious user) see.
+#[derive(Debug, Default)]
+pub struct Requests {
+    pub lookup: AtomicU64,
+    pub getattr: AtomicU64,
+    pub open: AtomicU64,
+    pub opendir: AtomicU64,
+    pub read: AtomicU64,
+    pub readdir: AtomicU64,
+}
+
+impl Requests {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl MountedView {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The requests served so far.
+    pub fn requests(&self) -> &Requests {
+        &self.requests
     }
 
     /// False once the kernel has ended the connection: after an unmount (from here or outside)
@@ -207,7 +233,14 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
     mounts::check_mountpoint(mountpoint)?;
     mounts::check_fuse_available()?;
     let blobs = blobs::Blobs::open(spec.store, &spec.catalog_path, opts.chunk_cache_bytes)?;
-    let view = fs::ViewFs::new(blobs, spec.top, spec.path.join(&b'/'), spec.root);
+    let requests = Arc::new(Requests::default());
+    let view = fs::ViewFs::new(
+        blobs,
+        spec.top,
+        spec.path.join(&b'/'),
+        spec.root,
+        Arc::clone(&requests),
+    );
     use fuser::MountOption as O;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -243,5 +276,6 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
     Ok(MountedView {
         mountpoint: mounts::absolute(mountpoint)?,
         session: Some(session),
+        requests,
     })
 }

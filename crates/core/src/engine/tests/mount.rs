@@ -168,6 +168,51 @@ fn a_subtree_view_reads_hardlinks_whose_leader_is_outside_it() {
 }
 
 #[test]
+fn warm_opens_reads_and_listings_never_reach_the_server() {
+    let env = Env::new();
+    let t = TestDir::full(&env.path("m"));
+    adopt(&env.repo, "web", &t.root);
+    checkpoint(&env.repo, "web");
+    let (mut view, mnt) = mount(&env, "web@v1");
+    let want = snapshot(&t.root);
+    let files: Vec<_> = want
+        .iter()
+        .filter(|(_, s)| s.kind == "file")
+        .map(|(rel, _)| mnt.join(OsStr::from_bytes(rel)))
+        .collect();
+    assert!(files.len() > 5, "the fixture has files to read");
+    let pass = || {
+        for f in &files {
+            std::fs::read(f).unwrap();
+        }
+        for (rel, _) in want.iter().filter(|(_, s)| s.kind == "dir") {
+            std::fs::read_dir(mnt.join(OsStr::from_bytes(rel)))
+                .unwrap()
+                .count();
+        }
+    };
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    pass();
+    let q = view.requests();
+    let first = [load(&q.read), load(&q.readdir), load(&q.lookup)];
+    assert!(
+        first[0] > 0 && first[1] > 0,
+        "the first pass is served: {q:?}"
+    );
+    // The first open of each kind answers that opens need no server; none follows it.
+    assert!(load(&q.open) <= 1 && load(&q.opendir) <= 1, "{q:?}");
+    pass();
+    pass();
+    assert_eq!(
+        [load(&q.read), load(&q.readdir), load(&q.lookup)],
+        first,
+        "a warm pass sent requests: {q:?}"
+    );
+    assert!(load(&q.open) <= 1 && load(&q.opendir) <= 1, "{q:?}");
+    view.unmount().unwrap();
+}
+
+#[test]
 fn a_view_keeps_reading_after_gc_repacks_its_blobs_and_holds_no_read_snapshot() {
     let env = Env::new();
     let t = TestDir::new(&env.path("m"));
