@@ -153,30 +153,36 @@ impl<'a> BlobWriter<'a> {
 
     /// Uploads a pack, then indexes it. The pack is durable before any catalog row names it.
     fn upload(&self, pack: PackWriter) -> Result<()> {
-        if pack.is_empty() {
-            return Ok(());
-        }
-        let finished: FinishedPack = pack.finish();
-        self.store.put_pack(&finished)?;
-        let row = PackRow {
-            id: finished.id,
-            size: finished.bytes.len() as u64,
-            created_at: now_ns(),
-            doomed_at: None,
-        };
-        let locs: Vec<BlobLoc> = finished
-            .entries
-            .iter()
-            .map(|e| BlobLoc {
-                id: e.id,
-                kind: e.kind as u8,
-                pack: finished.id,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-            })
+        self.upload_all(vec![pack])
+    }
+
+    /// Uploads packs side by side (their fsyncs overlap), then indexes them all in one catalog
+    /// transaction. Every pack is durable before any catalog row names it.
+    fn upload_all(&self, packs: Vec<PackWriter>) -> Result<()> {
+        let finished: Vec<FinishedPack> = packs
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(PackWriter::finish)
             .collect();
-        lock(&self.catalog).insert_pack(&row, &locs)?;
+        match finished.as_slice() {
+            [] => return Ok(()),
+            [one] => self.store.put_pack(one)?,
+            many => std::thread::scope(|s| {
+                let puts: Vec<_> = many
+                    .iter()
+                    .map(|p| s.spawn(move || self.store.put_pack(p)))
+                    .collect();
+                puts.into_iter().try_for_each(|h| match h.join() {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+            })?,
+        }
+        let rows: Vec<(PackRow, Vec<BlobLoc>)> = finished.iter().map(index_rows).collect();
+        lock(&self.catalog).transaction(|c| {
+            rows.iter()
+                .try_for_each(|(row, locs)| c.insert_pack(row, locs))
+        })?;
         Ok(())
     }
 
@@ -191,10 +197,32 @@ impl<'a> BlobWriter<'a> {
                 st.stats,
             )
         };
-        self.upload(data)?;
-        self.upload(trees)?;
+        self.upload_all(vec![data, trees])?;
         Ok(stats)
     }
+}
+
+/// The catalog rows that index a finished pack.
+fn index_rows(finished: &FinishedPack) -> (PackRow, Vec<BlobLoc>) {
+    let row = PackRow {
+        id: finished.id,
+        size: finished.bytes.len() as u64,
+        created_at: now_ns(),
+        doomed_at: None,
+    };
+    let locs = finished
+        .entries
+        .iter()
+        .map(|e| BlobLoc {
+            id: e.id,
+            kind: e.kind as u8,
+            pack: finished.id,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+        })
+        .collect();
+    (row, locs)
 }
 
 /// Reads blobs through the catalog's index. Safe to share between threads.

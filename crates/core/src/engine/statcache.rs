@@ -67,7 +67,7 @@ impl StatCache {
         }
     }
 
-    /// Writes the cache atomically (temp file, fsync, rename). Losing it only costs a re-read.
+    /// Writes the cache atomically (temp file, rename). Losing it only costs a re-read.
     pub(crate) fn save(&self, path: &Path) -> Result<()> {
         let mut out = Vec::with_capacity(64 + self.entries.len() * 120);
         out.extend_from_slice(MAGIC);
@@ -129,9 +129,9 @@ impl StatCache {
         let mut tmp =
             tempfile::NamedTempFile::new_in(dir).map_err(|e| io("create stat cache", e))?;
         tmp.write_all(&out).map_err(|e| io("write stat cache", e))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| io("sync stat cache", e))?;
+        // No fsync: after power loss the rename may survive without the data, and the checksum
+        // then rejects the file; an older cache that survives is still right wherever it
+        // matches a file's stat, and the gc epoch guards the chunks it names.
         tmp.persist(path)
             .map_err(|e| io("rename stat cache", e.error))?;
         Ok(())
