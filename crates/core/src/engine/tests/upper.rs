@@ -7,18 +7,25 @@ use super::*;
 use crate::engine::blobs::{BlobSource, BlobWriter};
 use crate::engine::ingest::{IngestOptions, Ingested, ingest};
 use crate::engine::statcache::StatCache;
-use crate::engine::upper::{TRUSTED_PREFIX, UpperBase};
+use crate::engine::upper::{TRUSTED_PREFIX, USER_PREFIX, UpperBase};
 use crate::model::{Content, TreeId};
 use crate::rootfs::Dir;
 use std::ffi::OsStr;
+use std::io::{BufRead, Write as _};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// An overlay mounted for the life of the value.
 struct Overlay {
     merged: PathBuf,
     upper: PathBuf,
+    /// The private xattr prefix the overlay writes into its upper.
+    prefix: &'static [u8],
+    /// For a mount in a user namespace: the process that holds the namespace (and so the
+    /// mount) until its stdin closes.
+    holder: Option<Child>,
 }
 
 impl Overlay {
@@ -44,7 +51,74 @@ impl Overlay {
             .status()
             .unwrap();
         assert!(st.success(), "mount overlay: {st}");
-        Overlay { merged, upper }
+        Overlay {
+            merged,
+            upper,
+            prefix: TRUSTED_PREFIX,
+            holder: None,
+        }
+    }
+
+    /// Mounts the same overlay as an unprivileged user would: from inside a new user and
+    /// mount namespace, with `userxattr`, so its whiteouts and opaque markers are the
+    /// `user.overlay.*` kind. Every uid and gid below 65536 maps to itself, so ownership
+    /// reads the same on both sides. The mount lives in the holder's namespace; this process
+    /// reaches it through `/proc/<holder>/root`.
+    fn mount_in_user_namespace(tmp: &Path, lower: &Path) -> Overlay {
+        let upper = tmp.join("upper");
+        let work = tmp.join("work");
+        let merged = tmp.join("merged");
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        copy_dir_meta(lower, &upper);
+        // `redirect_dir=off` would follow redirects, which `userxattr` forbids; `nofollow`
+        // neither makes nor follows them.
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr,redirect_dir=nofollow,metacopy=off,\
+             index=off,xino=off",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let script = format!(
+            "read go && mount -t overlay overlay -o '{opts}' '{}' && echo mounted && read end",
+            merged.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["--user", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = holder.id();
+        // The id maps can be written once the holder has its own user namespace.
+        let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap() == ours {
+            assert!(std::time::Instant::now() < deadline, "unshare never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for map in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{map}"), "0 0 65536\n").unwrap();
+        }
+        let mut stdin = holder.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "mounted\n", "mount overlay in a user namespace");
+        holder.stdin = Some(stdin);
+        let inside =
+            PathBuf::from(format!("/proc/{pid}/root")).join(merged.strip_prefix("/").unwrap());
+        Overlay {
+            merged: inside,
+            upper,
+            prefix: USER_PREFIX,
+            holder: Some(holder),
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -54,7 +128,16 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.merged).status();
+        match &mut self.holder {
+            // Its namespace, and the mount with it, ends with the holder.
+            Some(holder) => {
+                drop(holder.stdin.take());
+                let _ = holder.wait();
+            }
+            None => {
+                let _ = Command::new("umount").arg(&self.merged).status();
+            }
+        }
     }
 }
 
@@ -105,16 +188,16 @@ fn ingest_dry(
     env: &Env,
     src: &BlobSource<'_>,
     dir: &Path,
-    base: Option<&CheckpointReport>,
+    base: Option<(&CheckpointReport, &'static [u8])>,
 ) -> Ingested {
     let writer = BlobWriter::new_dry(&env.repo.store, &env.repo.catalog_path()).unwrap();
     let cache = StatCache::default();
-    let upper = base.map(|c| UpperBase {
+    let upper = base.map(|(c, xattr_prefix)| UpperBase {
         src,
         root: c.checkpoint.root,
         entries: c.checkpoint.entries,
         logical: c.checkpoint.logical_bytes,
-        xattr_prefix: TRUSTED_PREFIX,
+        xattr_prefix,
     });
     let opts = IngestOptions {
         progress: &NoProgress,
@@ -155,13 +238,34 @@ fn upper_matches_merged(change: impl FnOnce(&Overlay)) {
     let env = Env::new();
     let lower = env.path("lower");
     TestDir::full(&lower);
-    adopt(&env.repo, "m", &lower);
+    check_upper_against_merged(&env, &lower, change, Overlay::mount);
+}
+
+/// The same check for an overlay mounted in a user namespace. Such a mount cannot see
+/// `trusted.*` xattrs at all, so the fixture carries none; everything else is the full one.
+fn upper_matches_merged_in_user_namespace(change: impl FnOnce(&Overlay)) {
+    let env = Env::new();
+    let lower = env.path("lower");
+    TestDir::full(&lower);
+    for (p, name) in [("cap", "trusted.cairn"), ("rel-link", "trusted.on-symlink")] {
+        rustix::fs::lremovexattr(lower.join(p), name).unwrap();
+    }
+    check_upper_against_merged(&env, &lower, change, Overlay::mount_in_user_namespace);
+}
+
+fn check_upper_against_merged(
+    env: &Env,
+    lower: &Path,
+    change: impl FnOnce(&Overlay),
+    mount: fn(&Path, &Path) -> Overlay,
+) {
+    adopt(&env.repo, "m", lower);
     let base = checkpoint(&env.repo, "m");
-    let ov = Overlay::mount(env.tmp.path(), &lower);
+    let ov = mount(env.tmp.path(), lower);
     change(&ov);
     let src = BlobSource::new(&env.repo.store, &env.repo.catalog_path()).unwrap();
-    let want = ingest_dry(&env, &src, &ov.merged, None);
-    let got = ingest_dry(&env, &src, &ov.upper, Some(&base));
+    let want = ingest_dry(env, &src, &ov.merged, None);
+    let got = ingest_dry(env, &src, &ov.upper, Some((&base, ov.prefix)));
     assert_eq!(flatten(&src, got.root), flatten(&src, want.root));
     assert_eq!(got.root, want.root);
     assert_eq!(got.entries, want.entries, "entry count");
@@ -179,7 +283,49 @@ fn unchanged_upper_is_the_base() {
 
 #[test]
 fn edits_deletions_replacements_and_metadata_changes() {
-    upper_matches_merged(|ov| {
+    upper_matches_merged(fixed_changes);
+}
+
+#[test]
+fn in_a_user_namespace_user_overlay_whiteouts_and_opaque_dirs_land_too() {
+    upper_matches_merged_in_user_namespace(|ov| {
+        fixed_changes(ov);
+        // The upper really holds the unprivileged kind of markers.
+        let opaque = rustix::fs::lgetxattr(
+            ov.upper.join("usr/lib/deep"),
+            "user.overlay.opaque",
+            &mut [0u8; 8],
+        );
+        assert_eq!(
+            opaque.ok(),
+            Some(1),
+            "user.overlay.opaque on the recreated directory"
+        );
+        let whiteout = std::fs::symlink_metadata(ov.upper.join("usr/lib/big")).unwrap();
+        assert!(
+            whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+            "a 0/0 whiteout"
+        );
+    });
+}
+
+#[test]
+fn in_a_user_namespace_hardlink_groups_are_re_formed() {
+    upper_matches_merged_in_user_namespace(|ov| {
+        std::fs::rename(ov.path("etc/passwd"), ov.path("etc/passwd.old")).unwrap();
+        write(
+            &ov.path("usr/share/passwd-link"),
+            b"copied up and broken off",
+        );
+        write(&ov.path("etc/one"), b"linked");
+        std::fs::hard_link(ov.path("etc/one"), ov.path("usr/two")).unwrap();
+    });
+}
+
+/// Edits, deletions, replacements (a file by a directory and back), metadata-only changes,
+/// renames, a new fifo and odd names.
+fn fixed_changes(ov: &Overlay) {
+    {
         write(&ov.path("etc/hostname"), b"changed\n");
         write(&ov.path("newfile"), &noise(200_000, 42));
         std::fs::remove_file(ov.path("usr/lib/big")).unwrap();
@@ -215,7 +361,7 @@ fn edits_deletions_replacements_and_metadata_changes() {
             b"odd name, new data",
         );
         std::fs::remove_file(ov.merged.join(OsStr::from_bytes(b"bad-utf8-\xff\xfe"))).unwrap();
-    });
+    }
 }
 
 #[test]
