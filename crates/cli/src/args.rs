@@ -161,8 +161,12 @@ pub enum Cmd {
         long_about = "Restore a machine's directory in place to a checkpoint, or only the path \
             given after `:` or with --path.\n\n\
             Nothing is lost: the live state is first saved as an automatic checkpoint, printed as \
-            `undo with: cairn restore MACHINE@vN`. Only entries that differ are rewritten.",
-        after_help = "Examples:\n  cairn restore web@clean\n  cairn restore web@v2:/etc/nginx\n  cairn restore web@v2 --path /etc/nginx"
+            `undo with: cairn restore MACHINE@vN`. Only entries that differ are rewritten.\n\n\
+            A mounted machine restored whole is re-pointed at the checkpoint: nothing is copied, \
+            and a machine that is up is stopped and started again. One path of it is restored \
+            like a directory machine's, through its overlay, while its processes keep running; \
+            a machine that is down is brought up for that and down again after.",
+        after_help = "Examples:\n  cairn restore web@clean\n  cairn restore web@v2:/etc/nginx\n  cairn restore web@v2 --path /etc/nginx\n  cairn restore box@v1:/etc"
     )]
     Restore {
         /// The checkpoint to return to: MACHINE@REF[:/PATH]

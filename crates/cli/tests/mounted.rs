@@ -121,3 +121,73 @@ fn mounted_machine_bad_input() {
         .json_error(2);
     assert!(e.contains("one NEW_NAME") || e.contains("--dir"), "{e}");
 }
+
+#[test]
+fn restore_of_one_path_of_a_mounted_machine() {
+    let env = Env::new();
+    let (t, at) = web_and_box(&env);
+    let v1 = snapshot(&t.root.join("etc"));
+    env.cairn(["machine", "up", "box"]).ok();
+    std::fs::write(at.join("etc/hostname"), b"changed\n").unwrap();
+    std::fs::write(at.join("etc/added"), b"new in /etc").unwrap();
+    std::fs::write(at.join("outside"), b"kept").unwrap();
+    let names = |r: &serde_json::Value| -> Vec<String> {
+        r["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Up: written through the overlay, the machine stays up.
+    let r = env.cairn(["restore", "box@v1:/etc"]).json();
+    assert_eq!(
+        (r["target"].as_str(), r["undo"].as_str()),
+        (Some("box@v1"), Some("box@v2"))
+    );
+    assert_eq!(
+        (r["written_files"].as_u64(), r["removed"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    assert_eq!(names(&r), ["ingest", "apply"], "{r}");
+    assert_same(
+        &v1,
+        &snapshot(&at.join("etc")),
+        "/etc of box restored to v1",
+    );
+    assert_eq!(std::fs::read(at.join("outside")).unwrap(), b"kept");
+    assert_eq!(server_pids(&env, "box").len(), 1, "still up");
+
+    // Down: brought up for the restore and down again after.
+    std::fs::write(at.join("etc/hostname"), b"changed again\n").unwrap();
+    env.cairn(["machine", "down", "box"]).ok();
+    let out = env.cairn(["restore", "box@v1:/etc"]).ok().stdout();
+    assert!(
+        out.starts_with("restored /etc of box@v1: 1 file written"),
+        "{out}"
+    );
+    assert!(out.contains("undo with: cairn restore box@v3"), "{out}");
+    assert!(
+        server_pids(&env, "box").is_empty(),
+        "down again: no view server"
+    );
+    assert_eq!(
+        std::fs::read_dir(&at).unwrap().count(),
+        0,
+        "nothing mounted"
+    );
+    let r = env.cairn(["restore", "box@v1", "--path", "/etc"]).json();
+    assert_eq!(names(&r), ["up", "ingest", "apply", "down"], "{r}");
+    assert_eq!(r["written_files"], 0, "already in place: {r}");
+    env.cairn(["machine", "up", "box"]).ok();
+    assert_same(
+        &v1,
+        &snapshot(&at.join("etc")),
+        "/etc of box restored while down",
+    );
+    assert_eq!(std::fs::read(at.join("outside")).unwrap(), b"kept");
+    env.cairn(["machine", "down", "box"]).ok();
+    env.cairn(["check", "--read-data"]).ok();
+}

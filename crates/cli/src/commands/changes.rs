@@ -53,17 +53,19 @@ pub fn restore(
             Some(path) => format!("{} of {}", inner_path(path), report.target),
             None => report.target.clone(),
         };
-        if !report.phases.is_empty() {
-            // A mounted machine: re-pointed, nothing written.
-            let phases = super::mounted::phases(&report.phases);
-            writeln!(
-                out,
-                "restored {what}: re-pointed, nothing copied ({phases})"
-            )?;
+        let partial = opts.path.as_ref().is_some_and(|p| !p.is_empty());
+        // Only a mounted machine reports phases: re-pointed whole, or one path written
+        // through its overlay.
+        let phases = match report.phases.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", super::mounted::phases(&report.phases)),
+        };
+        if !partial && !phases.is_empty() {
+            writeln!(out, "restored {what}: re-pointed, nothing copied{phases}")?;
         } else if nothing_written(&report) {
-            writeln!(out, "{what} is already in place: nothing to change")?;
+            writeln!(out, "{what} is already in place: nothing to change{phases}")?;
         } else {
-            writeln!(out, "restored {what}: {}", effects(&report))?;
+            writeln!(out, "restored {what}: {}{phases}", effects(&report))?;
         }
         if let Some(undo) = &report.undo {
             writeln!(out, "undo with: cairn restore {undo}")?;

@@ -21,12 +21,16 @@
 //!
 //! A crash after 3 is completed by the next command on the machine: the undo point is
 //! committed, so the old upper can be dropped, and steps 4–6 are idempotent.
+//!
+//! Restore of one path (`MACHINE@REF:/path`) is not a rebase: it is the directory machine's
+//! restore in place (`restore.rs`) applied to the merged view at the mountpoint, so only the
+//! differences inside the path are written, into the upper. A machine that is down is brought
+//! up for it (the journal says so) and down again after; a crash is completed the same way.
 
 use super::blobs::BlobSource;
 use super::checkpoint::CheckpointOptions;
 use super::machine::{clone_err, is_root};
-use super::restore::RestoreReport;
-use super::restore::root_node;
+use super::restore::{RestoreReport, ViewRestore, root_node};
 use super::{EngineError, Phase, Progress, Repo, Result, now_ns};
 use crate::catalog::{Base, CheckpointRow, MachineKind, MachineRow};
 use crate::model::{Content, Ref, Tree, TreeId, validate_machine_name};
@@ -296,12 +300,8 @@ impl Repo {
         path: Option<Vec<Vec<u8>>>,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
-        if path.as_ref().is_some_and(|p| !p.is_empty()) {
-            return Err(EngineError::Invalid(format!(
-                "a mounted machine is restored whole; to bring back one path, copy it out of \
-                 `cairn mount {}@v{} DIR` into the running machine",
-                target.machine, target.version
-            )));
+        if let Some(path) = path.filter(|p| !p.is_empty()) {
+            return self.restore_mounted_path(m, target, path, progress);
         }
         let mut phases = Vec::new();
         let t = Instant::now();
@@ -336,6 +336,63 @@ impl Repo {
             phases,
             ..Default::default()
         })
+    }
+
+    /// Restore of one path of a mounted machine: the directory machine's restore in place,
+    /// through the merged view, so only what differs inside the path is written (into the
+    /// upper, by overlayfs). A machine that is up keeps its processes running; one that is down
+    /// is brought up for the restore and down again after.
+    fn restore_mounted_path(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        path: Vec<Vec<u8>>,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
+        let down_after = !self.is_up(m);
+        let mut phases = Vec::new();
+        let (mut report, down) = self.with_view_up(m, down_after, &mut phases, |phases| {
+            let v = ViewRestore { path, down_after };
+            self.restore_view_path(m, target, v, progress, phases)
+        })?;
+        if let Some(e) = down {
+            report.warnings.push(format!(
+                "the path was restored, but machine {} could not be brought down again: {e}; \
+                 `cairn machine down {}` when it is free",
+                m.name, m.name
+            ));
+        }
+        report.phases = phases;
+        Ok(report)
+    }
+
+    /// Runs `apply` with the machine's overlay up: mounted first unless it is up (a stale
+    /// mount is recovered), and unmounted after if `down_after`, also when `apply` fails. A
+    /// failure to unmount after a success is returned beside the result, not instead of it.
+    pub(crate) fn with_view_up<T>(
+        &self,
+        m: &MachineRow,
+        down_after: bool,
+        phases: &mut Vec<Phase>,
+        apply: impl FnOnce(&mut Vec<Phase>) -> Result<T>,
+    ) -> Result<(T, Option<EngineError>)> {
+        let t = Instant::now();
+        if !self.up_locked(m)?.already_up {
+            phases.push(Phase::since("up", t));
+        }
+        let result = apply(phases);
+        let mut down = None;
+        if down_after {
+            let t = Instant::now();
+            match self.down_locked(m) {
+                Ok(_) => phases.push(Phase::since("down", t)),
+                Err(e) => {
+                    tracing::warn!("could not bring machine {} down again: {e}", m.name);
+                    down = Some(e);
+                }
+            }
+        }
+        result.map(|v| (v, down))
     }
 
     /// Steps 4–6 of the rebase protocol; idempotent, so also the completion after a crash.

@@ -11,6 +11,11 @@
 //! A crash during step 4 leaves the journal; the next command on the machine re-ingests the
 //! (partly restored) directory without committing it and applies the remaining differences.
 //! The undo point from step 2 is a normal checkpoint, so the restore can also be undone.
+//!
+//! One path of a mounted machine is restored by the same steps through its merged view (its
+//! mountpoint), so every difference lands in the upper layer as a write through overlayfs
+//! would; `mounted.rs` brings the overlay up around them. A whole mounted machine is rebased
+//! instead.
 
 use super::blobs::{BlobSource, BlobWriter};
 use super::checkpoint::CheckpointOptions;
@@ -18,12 +23,13 @@ use super::ingest::ROOT_ENTRY;
 use super::machine::{clone_err, is_root};
 use super::materialize::{Applied, Materializer, open_parent};
 use super::statcache::StatCache;
-use super::{EngineError, Progress, Repo, Result};
-use crate::catalog::{CheckpointRow, MachineRow};
+use super::{EngineError, Phase, Progress, Repo, Result};
+use crate::catalog::{CheckpointRow, MachineKind, MachineRow};
 use crate::model::{Content, Node, Ref, Tree, TreeId};
 use crate::rootfs::{ApplyOptions, Dir};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Inputs of `restore`.
 #[derive(Clone, Debug, Default)]
@@ -58,12 +64,37 @@ pub struct RestoreReport {
     pub phases: Vec<super::Phase>,
 }
 
+/// The journal of a restore in place (`machines.pending`). A mounted machine's rebase journal
+/// (op `rebase`, no path) reads as one too.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Journal {
     op: String,
     target: i64,
     target_ref: String,
     path: Option<Vec<Vec<u8>>>,
+    /// A mounted machine that was down and is up only for this restore: whatever completes the
+    /// restore brings it down again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    down_after: bool,
+}
+
+impl Journal {
+    fn restore(target: &CheckpointRow, path: Option<Vec<Vec<u8>>>, down_after: bool) -> Journal {
+        Journal {
+            op: "restore".to_owned(),
+            target: target.id,
+            target_ref: format!("{}@v{}", target.machine, target.version),
+            path,
+            down_after,
+        }
+    }
+}
+
+/// One path of a mounted machine, restored through its merged view.
+pub(crate) struct ViewRestore {
+    pub path: Vec<Vec<u8>>,
+    /// The machine was down and is up only for this restore.
+    pub down_after: bool,
 }
 
 /// What an interrupted restore was restoring, from its journal: `web@v2` or `web@v2:/etc`.
@@ -115,31 +146,57 @@ impl Repo {
         path: Option<Vec<Vec<u8>>>,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
+        let journal = Journal::restore(target, path, false);
+        self.restore_in_place(m, target, journal, progress, &mut Vec::new())
+    }
+
+    /// Restores one path of a mounted machine through its merged view, which the caller has
+    /// brought up; `phases` gets ingest and apply.
+    pub(crate) fn restore_view_path(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        v: ViewRestore,
+        progress: &dyn Progress,
+        phases: &mut Vec<Phase>,
+    ) -> Result<RestoreReport> {
+        let journal = Journal::restore(target, Some(v.path), v.down_after);
+        self.restore_in_place(m, target, journal, progress, phases)
+    }
+
+    /// Steps 2–5 of the protocol, writing through `m.dir`.
+    fn restore_in_place(
+        &self,
+        m: &MachineRow,
+        target: &CheckpointRow,
+        journal: Journal,
+        progress: &dyn Progress,
+        phases: &mut Vec<Phase>,
+    ) -> Result<RestoreReport> {
         let session = self.begin_session("restore")?;
+        let t = Instant::now();
         let (undo, live, epoch) = self.undo_point_live(m, target, progress)?;
+        phases.push(Phase::since("ingest", t));
         // Step 3: the journal.
-        let journal = Journal {
-            op: "restore".to_owned(),
-            target: target.id,
-            target_ref: format!("{}@v{}", target.machine, target.version),
-            path: path.clone(),
-        };
         self.catalog.set_pending(
             m.id,
             Some(&serde_json::to_string(&journal).expect("invariant: journal serializes")),
         )?;
         // Step 4.
+        let t = Instant::now();
         let mut cache = live.cache;
         cache.epoch = epoch;
+        let path = journal.path.as_deref();
         let applied = self.materialize_into(
             m,
             live.root,
             target.root,
-            path.as_deref(),
+            path,
             Default::default(),
             progress,
             &mut cache,
         )?;
+        phases.push(Phase::since("apply", t));
         // Step 5.
         if path.is_none() {
             self.catalog.set_head(m.id, Some(target.id))?;
@@ -228,7 +285,8 @@ impl Repo {
     }
 
     /// Applies the differences between `from` (what the directory holds) and `to`, at the root
-    /// or at `path`, and folds what was written into `cache`.
+    /// or at `path`, and folds what was written into `cache`. A mounted machine is written
+    /// through its merged view, so it must be up.
     #[allow(clippy::too_many_arguments)]
     fn materialize_into(
         &self,
@@ -240,6 +298,14 @@ impl Repo {
         progress: &dyn Progress,
         cache: &mut StatCache,
     ) -> Result<Applied> {
+        if m.kind == MachineKind::Mounted && !self.is_up(m) {
+            // Its mountpoint is then a plain directory, not the machine.
+            return Err(EngineError::Invalid(format!(
+                "machine {} is not up, so its files cannot be restored; `cairn machine up {}` \
+                 and try again",
+                m.name, m.name
+            )));
+        }
         let src = BlobSource::new(&self.store, &self.catalog_path())?;
         src.seed(seed);
         let root = Dir::open(&m.dir)?;
@@ -277,7 +343,10 @@ impl Repo {
         }
         mat.finish(&to_top, path.is_none_or(|p| p.is_empty()))?;
         let applied = std::mem::take(&mut mat.applied);
-        fold_cache(cache, &applied);
+        match m.kind {
+            MachineKind::Mounted => forget_restored(cache, path.unwrap_or_default(), &applied),
+            _ => fold_cache(cache, &applied),
+        }
         Ok(applied)
     }
 
@@ -295,23 +364,62 @@ impl Repo {
         let Some(text) = &m.pending else {
             return Ok(None);
         };
-        if m.kind == crate::catalog::MachineKind::Mounted {
-            return self.complete_rebase(m, text);
-        }
         let journal: Journal = serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
             what: format!("the restore journal of machine {}", m.name),
             reason: e.to_string(),
         })?;
+        let mounted = m.kind == MachineKind::Mounted;
+        if mounted && journal.op != "restore" {
+            return self.complete_rebase(m, text);
+        }
         let Some(target) = self.catalog.checkpoint(journal.target)? else {
             // The target was deleted since; nothing to complete towards.
             self.catalog.set_pending(m.id, None)?;
+            if journal.down_after && self.is_up(m) {
+                self.down_locked(m)?;
+            }
             return Ok(None);
         };
         tracing::info!(
             "completing the interrupted restore of {} to {}",
             m.name,
-            journal.target_ref
+            journal_target(text)
         );
+        if mounted {
+            // Through the merged view, as the restore itself wrote; a machine up only for
+            // the restore (or found down) goes down again.
+            let down_after = journal.down_after || !self.is_up(m);
+            let ((), down) = self.with_view_up(m, down_after, &mut Vec::new(), |_| {
+                self.complete_in_place(m, &journal, &target, progress)
+            })?;
+            if let Some(e) = down {
+                tracing::warn!(
+                    "completed the interrupted restore of {}, but could not bring it down \
+                     again: {e}",
+                    m.name
+                );
+            }
+        } else {
+            self.complete_in_place(m, &journal, &target, progress)?;
+        }
+        self.audit(
+            "restore",
+            Some(&m.name),
+            Some(&journal.target_ref),
+            &Ok("completed an interrupted restore".to_owned()),
+        );
+        Ok(Some(journal.target_ref))
+    }
+
+    /// Ingests the partly restored directory without storing anything and applies what is
+    /// left, then clears the journal.
+    fn complete_in_place(
+        &self,
+        m: &MachineRow,
+        journal: &Journal,
+        target: &CheckpointRow,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let _session = self.begin_session("restore")?;
         let writer = BlobWriter::new_dry(&self.store, &self.catalog_path())?;
         let (live, epoch) = self.ingest_live(m, &writer, progress)?;
@@ -332,13 +440,7 @@ impl Repo {
         }
         self.catalog.set_pending(m.id, None)?;
         let _ = cache.save(&self.machine_state_dir(&m.uid).join("statcache"));
-        self.audit(
-            "restore",
-            Some(&m.name),
-            Some(&journal.target_ref),
-            &Ok("completed an interrupted restore".to_owned()),
-        );
-        Ok(Some(journal.target_ref))
+        Ok(())
     }
 
     /// Forks a checkpoint into a new directory machine.
@@ -482,25 +584,51 @@ pub(crate) fn display(comps: &[Vec<u8>]) -> String {
 
 /// Drops cache entries under invalidated paths and adds the entries of files just written.
 fn fold_cache(cache: &mut StatCache, applied: &Applied) {
-    if !applied.invalidated.is_empty() {
-        let dead: std::collections::HashSet<&[u8]> =
-            applied.invalidated.iter().map(|p| p.as_slice()).collect();
-        cache.entries.retain(|path, _| {
-            let mut p: &[u8] = path;
-            loop {
-                if dead.contains(p) {
-                    return false;
-                }
-                match p.iter().rposition(|&b| b == b'/') {
-                    Some(i) => p = &p[..i],
-                    None => return true,
-                }
-            }
-        });
-    }
+    drop_under(cache, applied.invalidated.iter().map(Vec::as_slice));
     for (path, entry) in &applied.cache {
         cache.entries.insert(path.clone(), entry.clone());
     }
+}
+
+/// A mounted machine's cache describes its upper layer, which a restore through the merged
+/// view wrote at the same paths. The materializer's own entries were taken through the
+/// overlay, so none is kept: everything under the restored path (and whatever the restore
+/// replaced beside it, such as re-linked hardlinks) is dropped and read again by the next
+/// checkpoint, which costs what was just written and never a wrong tree.
+fn forget_restored(cache: &mut StatCache, path: &[Vec<u8>], applied: &Applied) {
+    if path.is_empty() {
+        cache.entries.clear();
+        return;
+    }
+    let restored = path.join(&b'/');
+    drop_under(
+        cache,
+        applied
+            .invalidated
+            .iter()
+            .map(Vec::as_slice)
+            .chain([restored.as_slice()]),
+    );
+}
+
+/// Drops the cache entries at and below each of `dead`.
+fn drop_under<'a>(cache: &mut StatCache, dead: impl Iterator<Item = &'a [u8]>) {
+    let dead: std::collections::HashSet<&[u8]> = dead.collect();
+    if dead.is_empty() {
+        return;
+    }
+    cache.entries.retain(|path, _| {
+        let mut p: &[u8] = path;
+        loop {
+            if dead.contains(p) {
+                return false;
+            }
+            match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => p = &p[..i],
+                None => return true,
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -515,6 +643,7 @@ mod tests {
                 target: 7,
                 target_ref: "web@v2".into(),
                 path,
+                down_after: false,
             })
             .unwrap()
         };

@@ -7,6 +7,7 @@ mod fixture;
 mod gc;
 mod mount;
 mod mounted;
+mod partial;
 mod roundtrip;
 mod safety;
 mod upper;

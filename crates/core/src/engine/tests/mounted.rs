@@ -476,3 +476,51 @@ fn a_killed_mounted_fork_is_finished_by_the_next_command_or_replaced_by_the_next
             .is_empty()
     );
 }
+
+#[test]
+fn partial_restore_while_up_leaves_the_processes_running() {
+    let env = Env::new();
+    let (_mini, at) = mini_box(&env);
+    env.repo.machine_up("box").unwrap();
+    std::fs::remove_file(at.join("bin/true")).unwrap();
+    write(&at.join("tmp/note"), b"outside the restored path");
+    let home = env.home();
+    let runner = std::thread::spawn(move || {
+        let repo = super::repo(&home);
+        let counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; done";
+        repo.run("box", &sh(counter), &mut |_| {}).unwrap()
+    });
+    let count = || {
+        let text = std::fs::read_to_string(at.join("tmp/counter")).unwrap_or_default();
+        text.trim().parse::<u64>().unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let rep = restore(&env.repo, "box@v1:/bin");
+    let names: Vec<&str> = rep.phases.iter().map(|p| p.name).collect();
+    assert_eq!(names, ["ingest", "apply"], "no stop, no remount: {rep:?}");
+    assert_eq!((rep.written_files, rep.removed), (1, 0), "{rep:?}");
+    assert!(at.join("bin/true").exists(), "restored through the overlay");
+    assert!(
+        upper_of(&env, "box").join("bin/true").exists(),
+        "written to the upper"
+    );
+    assert!(at.join("tmp/note").exists(), "outside /bin nothing changed");
+    let n = count();
+    while count() <= n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop stopped with the restore"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    env.repo.machine_down("box").unwrap();
+    assert!(!runner.join().unwrap().success(), "stopped by down");
+}
