@@ -61,6 +61,19 @@ impl Catalog {
         .ctx(OP)
     }
 
+    #[cfg(test)]
+    pub(crate) fn lookup_blob_reprepares(&self) -> i32 {
+        let stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT b.kind, b.pack, b.offset, b.stored_len, b.raw_len, \
+                 p.doomed_at IS NOT NULL \
+                 FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
+            )
+            .unwrap();
+        stmt.get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
     /// Indexes a new pack and its blobs, in one transaction.
     ///
     /// Dedup rule: a blob already indexed in a live pack keeps its location (this copy in the

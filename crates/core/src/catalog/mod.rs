@@ -23,6 +23,7 @@ mod sessions;
 mod tests;
 
 use crate::model::{BlobId, ModelError, PackId, TreeId};
+use rusqlite::config::DbConfig;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
 use rusqlite::{Connection, ErrorCode, Row, ToSql};
 use std::path::{Path, PathBuf};
@@ -387,6 +388,11 @@ impl Catalog {
             .ctx("set synchronous=FULL")?;
         conn.pragma_update(None, "foreign_keys", true)
             .ctx("enable foreign keys")?;
+        // Plans must not depend on bound values: otherwise SQLite (built with STAT4) recompiles
+        // a cached statement whenever its parameters change, which made every blob lookup of a
+        // long-lived view parse and plan its SQL again.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .ctx("fix query plans")?;
         // Room for every statement this module caches, so the blob lookup on the hot path is
         // never evicted by a burst of other queries (the default holds 16).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);

@@ -233,3 +233,30 @@ fn unwritable_location_is_an_open_error() {
     let err = Catalog::open(&path).unwrap_err();
     assert!(matches!(err, CatalogError::Open { .. }), "{err:?}");
 }
+
+#[test]
+fn the_blob_lookup_is_prepared_once_per_connection() {
+    let t = catalog();
+    let p = PackRow {
+        id: PackId::from_bytes([1; 32]),
+        size: 9,
+        created_at: 1,
+        doomed_at: None,
+    };
+    let blobs: Vec<BlobLoc> = (0..50u8)
+        .map(|i| BlobLoc {
+            id: BlobId::from_bytes([i; 32]),
+            kind: BLOB_CHUNK,
+            pack: p.id,
+            offset: u64::from(i) * 10,
+            stored_len: 9,
+            raw_len: 12,
+        })
+        .collect();
+    t.insert_pack(&p, &blobs).unwrap();
+    let reader = Catalog::open(&t.db_path()).unwrap();
+    for b in &blobs {
+        assert_eq!(reader.lookup_blob(&b.id).unwrap(), Some((*b, false)));
+    }
+    assert_eq!(reader.lookup_blob_reprepares(), 0);
+}
