@@ -203,7 +203,7 @@ impl<'a> BlobWriter<'a> {
 }
 
 /// The catalog rows that index a finished pack.
-fn index_rows(finished: &FinishedPack) -> (PackRow, Vec<BlobLoc>) {
+pub(crate) fn index_rows(finished: &FinishedPack) -> (PackRow, Vec<BlobLoc>) {
     let row = PackRow {
         id: finished.id,
         size: finished.bytes.len() as u64,

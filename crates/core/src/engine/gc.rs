@@ -232,24 +232,7 @@ impl Repo {
             }
             let fin = w.finish();
             self.store.put_pack(&fin)?;
-            let row = PackRow {
-                id: fin.id,
-                size: fin.bytes.len() as u64,
-                created_at: now_ns(),
-                doomed_at: None,
-            };
-            let locs: Vec<BlobLoc> = fin
-                .entries
-                .iter()
-                .map(|e| BlobLoc {
-                    id: e.id,
-                    kind: e.kind as u8,
-                    pack: fin.id,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                })
-                .collect();
+            let (row, locs) = super::blobs::index_rows(&fin);
             self.catalog.relocate_blobs(&row, &locs)?;
             // The old packs now hold no indexed blob; doom them for deletion after the grace.
             for old in done.drain(..) {
