@@ -393,6 +393,14 @@ impl Catalog {
         // long-lived view parse and plan its SQL again.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .ctx("fix query plans")?;
+        // The last connection to close would otherwise copy the WAL into the database file,
+        // fsync both and truncate the WAL: milliseconds at the end of every command, for
+        // nothing the commits need (each is durable in the WAL when it returns). SQLite's
+        // automatic checkpoint still folds the WAL in once it passes 1000 pages, and gc folds
+        // it in completely. The WAL file is part of the catalog: `catalog.db` alone may lack
+        // the latest commits.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .ctx("keep the WAL on close")?;
         // Room for every statement this module caches, so the blob lookup on the hot path is
         // never evicted by a burst of other queries (the default holds 16).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -420,6 +428,16 @@ impl Catalog {
     ///
     /// Damage that stops the check itself is reported as a finding, not an error, since the
     /// caller's next step (rebuild) is the same.
+    /// Copies every commit in the WAL into the main database file and empties the WAL, as far
+    /// as readers allow (`wal_checkpoint(TRUNCATE)`). Returns false if a reader kept it partial.
+    pub fn fold_wal(&self) -> Result<bool, CatalogError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .ctx("fold the WAL into the catalog")?;
+        Ok(busy == 0)
+    }
+
     pub fn quick_check(&self) -> Result<Vec<String>, CatalogError> {
         let mut findings = Vec::new();
         match self.check_findings(&mut findings) {

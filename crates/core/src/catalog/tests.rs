@@ -176,6 +176,8 @@ fn populated_catalog(path: &Path) -> Vec<u8> {
             .collect();
         cat.insert_pack(&p, &blobs).unwrap();
     }
+    // Everything into the main file, which is what the callers damage.
+    assert!(cat.fold_wal().unwrap());
     drop(cat);
     std::fs::read(path).unwrap()
 }

@@ -58,6 +58,13 @@ impl Repo {
             .map(|r| serde_json::to_string(r).unwrap_or_default())
             .map_err(super::machine::clone_err);
         self.audit("gc", None, None, &detail);
+        if result.is_ok() && !opts.dry_run {
+            // Maintenance is the moment to fold the catalog's WAL into its main file, so that
+            // file alone is current after each gc. Readers in the way only make it partial.
+            if let Err(e) = self.catalog.fold_wal() {
+                tracing::warn!("could not fold the catalog's WAL into it: {e}");
+            }
+        }
         result
     }
 

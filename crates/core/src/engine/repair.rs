@@ -252,6 +252,8 @@ mod tests {
             std::fs::write(dir.join("etc/hostname"), b"two\n").unwrap();
             repo.checkpoint("web", &CheckpointOptions::default(), &NoProgress)
                 .unwrap();
+            // Every commit into the main file, which is what gets damaged below.
+            assert!(repo.catalog.fold_wal().unwrap());
         }
         let db = opts.home.join("catalog.db");
         let len = std::fs::metadata(&db).unwrap().len();
