@@ -406,7 +406,7 @@ def median(xs):
 def fmt_s(x):
     if x is None:
         return "–"
-    return f"{x * 1000:.1f} ms" if x < 10 else f"{x:.1f} s"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.1f} s"
 
 
 def machine_info():
