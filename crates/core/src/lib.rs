@@ -22,7 +22,9 @@ pub use engine::{
     RestoreOptions, RestoreReport, RunSpec, RunStart, UpReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
-pub use mount::{MountError, MountOptions, MountedView, UnmountReport, detach, unmount};
+pub use mount::{
+    MountError, MountOptions, MountedView, UnmountReport, detach, detach_all_below, unmount,
+};
 pub use sandbox::{
     Bind, Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport, RunOptions, SandboxError,
     run_sandboxed, sandboxed_command, spawn_sandboxed,

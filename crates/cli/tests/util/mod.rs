@@ -19,6 +19,14 @@ pub struct Env {
     tmp: tempfile::TempDir,
 }
 
+impl Drop for Env {
+    /// A test that failed with a machine up (or a view mounted) would otherwise leave the
+    /// mounts behind, pinning the tempdir.
+    fn drop(&mut self) {
+        cairn_core::detach_all_below(self.tmp.path());
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         Env {

@@ -197,6 +197,27 @@ pub(crate) fn mount_at(abs: &Path) -> Result<Option<MountEntry>> {
         .find(|m| m.mountpoint == abs))
 }
 
+/// Detaches every mount at or below `dir`, deepest first and whatever its type; returns the
+/// mountpoints it detached. For tests (and tools) that must leave nothing mounted behind a
+/// directory they are about to remove, even when they stopped halfway.
+pub fn detach_all_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut points: Vec<PathBuf> = parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mountpoint)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort();
+    points.dedup();
+    points
+        .into_iter()
+        .rev()
+        .filter(|p| rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH).is_ok())
+        .collect()
+}
+
 fn is_cairn(m: &MountEntry) -> bool {
     m.fstype.starts_with("fuse") && (m.fstype == "fuse.cairn" || m.source.starts_with("cairn:"))
 }
@@ -294,6 +315,36 @@ pub(super) fn unmount_path(abs: &Path, lazy: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn everything_below_a_directory_is_detached_deepest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("a");
+        let inner = outer.join("b");
+        std::fs::create_dir_all(&outer).unwrap();
+        let tmpfs = |at: &Path| {
+            rustix::mount::mount(
+                "none",
+                at,
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                None,
+            )
+            .unwrap();
+        };
+        tmpfs(&outer);
+        std::fs::create_dir(&inner).unwrap();
+        tmpfs(&inner);
+        assert_eq!(
+            detach_all_below(dir.path()),
+            vec![inner.clone(), outer.clone()]
+        );
+        assert!(mount_at(&outer).unwrap().is_none() && mount_at(&inner).unwrap().is_none());
+        assert!(
+            detach_all_below(dir.path()).is_empty(),
+            "nothing is left to detach"
+        );
+    }
 
     #[test]
     fn mountinfo_lines_are_parsed_and_unescaped() {

@@ -93,6 +93,14 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A test that failed with its machine up would otherwise leave the overlay and view
+    /// mounted, pinning the tempdir.
+    fn drop(&mut self) {
+        crate::mount::detach_all_below(self.tmp.path());
+    }
+}
+
 fn write(p: &Path, data: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, data).unwrap();
