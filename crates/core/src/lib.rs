@@ -23,7 +23,8 @@ pub use engine::{
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
 pub use mount::{
-    MountError, MountOptions, MountedView, UnmountReport, detach, detach_all_below, unmount,
+    MountError, MountOptions, MountedView, UnmountReport, detach, detach_all_below, mounts_below,
+    unmount,
 };
 pub use sandbox::{
     Bind, Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport, RunOptions, SandboxError,

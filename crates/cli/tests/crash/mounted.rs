@@ -9,9 +9,9 @@
 //! unless a restore took effect; every checkpoint that exists restores exactly; and once the
 //! machine is down again no mount or server is left behind.
 
-use super::world::{Links, build_tree, mutate_tree, reported_id};
+use super::world::{Links, build_tree, mutate_tree, pick_other, reported_id};
 use crate::util::tree::{Rng, first_difference};
-use crate::util::{Env, Run, Snapshot, assert_same, finish, mounts_under, snapshot, view_servers};
+use crate::util::{Env, Run, Snapshot, assert_same, finish, snapshot, view_servers};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -86,18 +86,14 @@ struct Outcome {
     server_killed: bool,
 }
 
-/// Detaches whatever is still mounted in the trial's tempdir and kills its view servers, so a
-/// failing trial leaves nothing behind that could break later tests.
-struct MountGuard {
-    root: PathBuf,
+/// Kills the trial's view servers, so a failing trial leaves no process behind (the `Env`
+/// detaches its mounts when it drops).
+struct ServerGuard {
     home: PathBuf,
 }
 
-impl Drop for MountGuard {
+impl Drop for ServerGuard {
     fn drop(&mut self) {
-        for p in mounts_under(&self.root) {
-            let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
-        }
         for pid in view_servers(&self.home, None) {
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -107,7 +103,7 @@ impl Drop for MountGuard {
 
 pub struct MountedWorld {
     // Declared first so it is dropped before `env` removes the tempdir.
-    _guard: MountGuard,
+    _guard: ServerGuard,
     env: Env,
     rng: Rng,
     /// Where `box` appears while it is up.
@@ -127,10 +123,7 @@ impl MountedWorld {
     /// machine over it; each command timed once unkilled.
     pub fn new(seed: u64) -> MountedWorld {
         let env = Env::new();
-        let guard = MountGuard {
-            root: env.root().to_owned(),
-            home: env.home(),
-        };
+        let guard = ServerGuard { home: env.home() };
         let mut rng = Rng::new(seed);
         let src = env.path("web");
         build_tree(&src, &mut rng, UNIT);
@@ -363,7 +356,7 @@ impl MountedWorld {
     /// Brings `box` down and proves nothing of it stays mounted or running.
     fn down_all(&mut self, t: u64) {
         self.env.cairn(["machine", "down", BOX]).json();
-        let left = mounts_under(self.env.root());
+        let left = cairn_core::mounts_below(self.env.root());
         assert!(left.is_empty(), "trial {t}: mounts left behind: {left:?}");
         // A server exits once its view is unmounted; give it a moment to notice.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -447,21 +440,9 @@ impl MountedWorld {
             self.mutate();
         }
         let before = self.live.clone();
-        let target = self.pick_other_than_live();
+        let target = pick_other(&self.known, &self.live, &mut self.rng);
         let target_snap = self.known[&target].clone();
-        let args: Vec<OsString> = vec!["restore".into(), target.clone().into()];
-        let out = self.run_killed(Op::Restore, &args, victim, t);
-        let reported = (out.run.code == Some(0))
-            .then(|| serde_json::from_slice::<Value>(&out.run.stdout).ok())
-            .flatten();
-        self.check(t, false);
-        let info = self.env.cairn(["machine", "show", BOX]).json();
-        let journal = !info["interrupted_restore"].is_null();
-        self.reconcile(t, Some(&before));
-        if journal {
-            self.stats.interrupted_restores += 1;
-            assert_eq!(info["interrupted_restore"], target.as_str(), "trial {t}");
-        }
+        let (out, reported, journal) = self.run_restore(Op::Restore, &target, victim, &before, t);
         if journal && self.rng.chance(35) {
             // Undo it: the next restore first completes the interrupted one.
             let undo = self
@@ -512,6 +493,34 @@ impl MountedWorld {
         out.killed || out.server_killed
     }
 
+    /// `cairn restore TARGET` under `run_killed`, then the checks every restore trial makes:
+    /// `cairn check` passes, any new checkpoint is the undo point of `before`, and a journal
+    /// left behind names TARGET. Returns the outcome, the report if one came, and whether a
+    /// journal was left.
+    fn run_restore(
+        &mut self,
+        op: Op,
+        target: &str,
+        victim: Victim,
+        before: &Snapshot,
+        t: u64,
+    ) -> (Outcome, Option<Value>, bool) {
+        let args: Vec<OsString> = vec!["restore".into(), target.into()];
+        let out = self.run_killed(op, &args, victim, t);
+        let reported = (out.run.code == Some(0))
+            .then(|| serde_json::from_slice::<Value>(&out.run.stdout).ok())
+            .flatten();
+        self.check(t, false);
+        let info = self.env.cairn(["machine", "show", BOX]).json();
+        let journal = !info["interrupted_restore"].is_null();
+        self.reconcile(t, Some(before));
+        if journal {
+            self.stats.interrupted_restores += 1;
+            assert_eq!(info["interrupted_restore"], target, "trial {t}");
+        }
+        (out, reported, journal)
+    }
+
     /// `restore box@vN:/DIR` killed at a random instant. After `machine up` (which completes
     /// an interrupted restore) the view is the state before, or, when the restore was reported
     /// or left a journal, the target inside DIR and the state before outside it.
@@ -520,7 +529,7 @@ impl MountedWorld {
             self.mutate();
         }
         let before = self.live.clone();
-        let target = self.pick_other_than_live();
+        let target = pick_other(&self.known, &self.live, &mut self.rng);
         let target_snap = self.known[&target].clone();
         let dirs = top_dirs(&before, &target_snap);
         if dirs.is_empty() {
@@ -528,19 +537,8 @@ impl MountedWorld {
         }
         let dir = self.rng.pick(&dirs).clone();
         let arg = format!("{target}:/{dir}");
-        let args: Vec<OsString> = vec!["restore".into(), arg.clone().into()];
-        let out = self.run_killed(Op::PartialRestore, &args, Victim::Command, t);
-        let reported = (out.run.code == Some(0))
-            .then(|| serde_json::from_slice::<Value>(&out.run.stdout).ok())
-            .flatten();
-        self.check(t, false);
-        let info = self.env.cairn(["machine", "show", BOX]).json();
-        let journal = !info["interrupted_restore"].is_null();
-        self.reconcile(t, Some(&before));
-        if journal {
-            self.stats.interrupted_restores += 1;
-            assert_eq!(info["interrupted_restore"], arg.as_str(), "trial {t}");
-        }
+        let (out, reported, journal) =
+            self.run_restore(Op::PartialRestore, &arg, Victim::Command, &before, t);
         self.up(BOX, t);
         let now = snapshot(&self.at);
         let what = format!("trial {t}: restore of {arg}");
@@ -633,21 +631,6 @@ impl MountedWorld {
         let now = snapshot(&self.at);
         assert_same(&now, want, &format!("trial {t}: {what}"));
         self.live = now;
-    }
-
-    fn pick_other_than_live(&mut self) -> String {
-        let others: Vec<String> = self
-            .known
-            .iter()
-            .filter(|(_, s)| **s != self.live)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let ids = if others.is_empty() {
-            self.known.keys().cloned().collect()
-        } else {
-            others
-        };
-        self.rng.pick(&ids).clone()
     }
 
     /// At the end: read every byte back, then restore every checkpoint and compare the view.

@@ -313,7 +313,7 @@ impl World {
 
     fn trial_restore(&mut self, t: u64) -> bool {
         let before = self.live.clone();
-        let target = self.pick_other_than_live();
+        let target = pick_other(&self.known, &self.live, &mut self.rng);
         let target_snap = self.known[&target].clone();
         let args: Vec<OsString> = vec!["restore".into(), target.clone().into()];
         let out = self.run_killed(Op::Restore, &args, t);
@@ -506,22 +506,6 @@ impl World {
         self.live = now;
     }
 
-    /// A known checkpoint whose tree differs from the live one, if there is any.
-    fn pick_other_than_live(&mut self) -> String {
-        let others: Vec<String> = self
-            .known
-            .iter()
-            .filter(|(_, s)| **s != self.live)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let ids = if others.is_empty() {
-            self.known.keys().cloned().collect()
-        } else {
-            others
-        };
-        self.rng.pick(&ids).clone()
-    }
-
     /// At the end: read every byte back, then restore every checkpoint and compare it.
     pub fn finish(&mut self) {
         self.check(u64::MAX, true);
@@ -676,4 +660,19 @@ pub fn reported_id(stdout: &[u8], key: &str) -> Option<String> {
     let start = text.find(key)? + key.len();
     let len = text[start..].find('"')?;
     Some(text[start..start + len].to_owned())
+}
+
+/// A known checkpoint whose tree differs from the live one, if there is any (else any).
+pub fn pick_other(known: &BTreeMap<String, Snapshot>, live: &Snapshot, rng: &mut Rng) -> String {
+    let others: Vec<String> = known
+        .iter()
+        .filter(|(_, s)| *s != live)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let ids = if others.is_empty() {
+        known.keys().cloned().collect()
+    } else {
+        others
+    };
+    rng.pick(&ids).clone()
 }

@@ -223,34 +223,3 @@ pub fn view_servers(home: &Path, name: Option<&str>) -> Vec<i32> {
         })
         .collect()
 }
-
-/// Mount points at or below `root` in this process's mount table, deepest first.
-pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = table
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|f| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mount(f))))
-        .filter(|p| p.starts_with(root))
-        .collect();
-    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    out.dedup();
-    out
-}
-
-/// The mount table escapes space, tab, newline and backslash as octal.
-fn unescape_mount(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\' && i + 3 < f.len() && f[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            out.push((f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(f[i]);
-            i += 1;
-        }
-    }
-    out
-}

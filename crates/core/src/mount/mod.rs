@@ -17,7 +17,7 @@ mod inodes;
 mod mounts;
 
 pub(crate) use mounts::mount_at;
-pub use mounts::{UnmountReport, detach, detach_all_below, unmount};
+pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
 
 use crate::catalog::CatalogError;
 use crate::model::Node;

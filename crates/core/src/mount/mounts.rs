@@ -197,13 +197,9 @@ pub(crate) fn mount_at(abs: &Path) -> Result<Option<MountEntry>> {
         .find(|m| m.mountpoint == abs))
 }
 
-/// Detaches every mount at or below `dir`, deepest first and whatever its type; returns the
-/// mountpoints it detached. For tests (and tools) that must leave nothing mounted behind a
-/// directory they are about to remove, even when they stopped halfway.
-pub fn detach_all_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
+/// Every mountpoint at or below `dir`, deepest first (each at most once).
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
     let mut points: Vec<PathBuf> = parse_mountinfo(&text)
         .into_iter()
         .map(|m| m.mountpoint)
@@ -211,9 +207,16 @@ pub fn detach_all_below(dir: &Path) -> Vec<PathBuf> {
         .collect();
     points.sort();
     points.dedup();
+    points.reverse();
     points
+}
+
+/// Detaches every mount at or below `dir`, deepest first and whatever its type; returns the
+/// mountpoints it detached. For tests (and tools) that must leave nothing mounted behind a
+/// directory they are about to remove, even when they stopped halfway.
+pub fn detach_all_below(dir: &Path) -> Vec<PathBuf> {
+    mounts_below(dir)
         .into_iter()
-        .rev()
         .filter(|p| rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH).is_ok())
         .collect()
 }

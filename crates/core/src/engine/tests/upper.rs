@@ -32,13 +32,7 @@ impl Overlay {
     /// Mounts `lower` under a new upper directory whose root carries the lower root's
     /// metadata, as a mounted machine's upper does when it starts.
     fn mount(tmp: &Path, lower: &Path) -> Overlay {
-        let upper = tmp.join("upper");
-        let work = tmp.join("work");
-        let merged = tmp.join("merged");
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        copy_dir_meta(lower, &upper);
+        let (upper, work, merged) = layers(tmp, lower);
         let opts = format!(
             "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
             lower.display(),
@@ -65,13 +59,7 @@ impl Overlay {
     /// reads the same on both sides. The mount lives in the holder's namespace; this process
     /// reaches it through `/proc/<holder>/root`.
     fn mount_in_user_namespace(tmp: &Path, lower: &Path) -> Overlay {
-        let upper = tmp.join("upper");
-        let work = tmp.join("work");
-        let merged = tmp.join("merged");
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        copy_dir_meta(lower, &upper);
+        let (upper, work, merged) = layers(tmp, lower);
         // `redirect_dir=off` would follow redirects, which `userxattr` forbids; `nofollow`
         // neither makes nor follows them.
         let opts = format!(
@@ -124,6 +112,18 @@ impl Overlay {
     fn path(&self, rel: &str) -> PathBuf {
         self.merged.join(rel)
     }
+}
+
+/// The upper, work and merged directories of an overlay in `tmp`, the upper carrying the
+/// lower root's metadata, as a mounted machine's upper does when it starts.
+fn layers(tmp: &Path, lower: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dirs = ["upper", "work", "merged"].map(|n| tmp.join(n));
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    copy_dir_meta(lower, &dirs[0]);
+    let [upper, work, merged] = dirs;
+    (upper, work, merged)
 }
 
 impl Drop for Overlay {
@@ -325,43 +325,41 @@ fn in_a_user_namespace_hardlink_groups_are_re_formed() {
 /// Edits, deletions, replacements (a file by a directory and back), metadata-only changes,
 /// renames, a new fifo and odd names.
 fn fixed_changes(ov: &Overlay) {
-    {
-        write(&ov.path("etc/hostname"), b"changed\n");
-        write(&ov.path("newfile"), &noise(200_000, 42));
-        std::fs::remove_file(ov.path("usr/lib/big")).unwrap();
-        std::fs::remove_dir_all(ov.path("usr/lib/deep")).unwrap();
-        std::fs::create_dir(ov.path("usr/lib/deep")).unwrap();
-        write(&ov.path("usr/lib/deep/fresh"), b"opaque now");
-        std::fs::set_permissions(ov.path("suid"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        rustix::fs::lsetxattr(
-            ov.path("acl"),
-            "user.added",
-            b"xattr only",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-        std::fs::remove_file(ov.path("dangling")).unwrap();
-        symlink("somewhere/else", ov.path("dangling")).unwrap();
-        std::fs::remove_dir(ov.path("empty-dir")).unwrap();
-        write(&ov.path("empty-dir"), b"a file where a dir was");
-        std::fs::remove_file(ov.path("empty")).unwrap();
-        std::fs::create_dir(ov.path("empty")).unwrap();
-        std::fs::remove_dir_all(ov.path("sgid")).unwrap();
-        std::fs::rename(ov.path("rel-link"), ov.path("etc/moved-link")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            ov.path("dev/newfifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        write(
-            &ov.merged.join(OsStr::from_bytes(b"\xc3(dir/inner")),
-            b"odd name, new data",
-        );
-        std::fs::remove_file(ov.merged.join(OsStr::from_bytes(b"bad-utf8-\xff\xfe"))).unwrap();
-    }
+    write(&ov.path("etc/hostname"), b"changed\n");
+    write(&ov.path("newfile"), &noise(200_000, 42));
+    std::fs::remove_file(ov.path("usr/lib/big")).unwrap();
+    std::fs::remove_dir_all(ov.path("usr/lib/deep")).unwrap();
+    std::fs::create_dir(ov.path("usr/lib/deep")).unwrap();
+    write(&ov.path("usr/lib/deep/fresh"), b"opaque now");
+    std::fs::set_permissions(ov.path("suid"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    rustix::fs::lsetxattr(
+        ov.path("acl"),
+        "user.added",
+        b"xattr only",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    std::fs::remove_file(ov.path("dangling")).unwrap();
+    symlink("somewhere/else", ov.path("dangling")).unwrap();
+    std::fs::remove_dir(ov.path("empty-dir")).unwrap();
+    write(&ov.path("empty-dir"), b"a file where a dir was");
+    std::fs::remove_file(ov.path("empty")).unwrap();
+    std::fs::create_dir(ov.path("empty")).unwrap();
+    std::fs::remove_dir_all(ov.path("sgid")).unwrap();
+    std::fs::rename(ov.path("rel-link"), ov.path("etc/moved-link")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        ov.path("dev/newfifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    write(
+        &ov.merged.join(OsStr::from_bytes(b"\xc3(dir/inner")),
+        b"odd name, new data",
+    );
+    std::fs::remove_file(ov.merged.join(OsStr::from_bytes(b"bad-utf8-\xff\xfe"))).unwrap();
 }
 
 #[test]
