@@ -136,6 +136,27 @@ impl Repo {
         if !report.recovered.is_empty() {
             report.phases.push(Phase::since("recover", t));
         }
+        // `work/` is the overlay's scratch space, holding nothing of the machine: a command
+        // killed while it reset it (after a rebase) leaves none, and the overlay will not
+        // mount without one. The upper always exists here: a rebase replaces it by rename,
+        // and one cut short is completed before up.
+        for d in [&l.work, &l.lower] {
+            std::fs::create_dir_all(d).map_err(|source| EngineError::Io {
+                op: "create directory",
+                path: d.clone(),
+                source,
+            })?;
+        }
+        if !l.upper.is_dir() {
+            return Err(EngineError::Corrupt {
+                what: format!("machine {}", m.name),
+                reason: format!(
+                    "its upper layer {} is missing, so its writes since the last checkpoint \
+                     are gone; make an empty directory there to bring it up as of its base",
+                    l.upper.display()
+                ),
+            });
+        }
         let base = super::mounted::base_of_row(m)?;
         let t = Instant::now();
         self.start_lower(m, base.root, &l.lower)?;

@@ -265,6 +265,47 @@ fn up_serves_the_base_exactly_and_restore_while_up_remounts() {
     env.repo.machine_down("box").unwrap();
 }
 
+#[test]
+fn up_after_a_kill_while_a_rebase_reset_the_work_directory() {
+    use super::fixture::{assert_same, snapshot};
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    let want = snapshot(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create_box(&env, Some("web@v1"));
+    std::fs::write(
+        upper_of(&env, "box").join("kept"),
+        b"written before the kill",
+    )
+    .unwrap();
+    // A restore killed after its commit, between removing `work/` and making it again.
+    let m = env.repo.machine_row("box").unwrap();
+    std::fs::remove_dir_all(env.repo.layout(&m).work).unwrap();
+    env.repo.machine_up("box").unwrap();
+    assert_eq!(
+        std::fs::read(info.at.join("kept")).unwrap(),
+        b"written before the kill"
+    );
+    let mut seen = snapshot(&info.at);
+    seen.remove(b"kept".as_slice());
+    seen.remove(b"".as_slice()); // the root's mtime: `kept` was made in it
+    let mut want = want;
+    want.remove(b"".as_slice());
+    assert_same(&want, &seen, "the base under the upper after up");
+    env.repo.machine_down("box").unwrap();
+
+    // With no upper at all, up refuses and says what is missing.
+    std::fs::remove_dir_all(upper_of(&env, "box")).unwrap();
+    let err = env.repo.machine_up("box").unwrap_err().to_string();
+    assert!(
+        err.contains("upper layer") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(!env.repo.is_up(&m), "nothing is left mounted");
+}
+
 /// A mounted machine `box` over a machine holding a few host binaries (sh, sleep, cat, …).
 fn mini_box(env: &Env) -> (crate::sandbox::tests::MiniRoot, std::path::PathBuf) {
     let mini = crate::sandbox::tests::MiniRoot::new();
