@@ -121,15 +121,18 @@ impl Repo {
 
     /// Adds the catalog row and manifest of a new directory machine whose directory is ready.
     pub(crate) fn register_machine(&self, name: &str, dir: &Path) -> Result<MachineRow> {
-        self.register_machine_kind(name, dir, MachineKind::Dir)
+        self.register_machine_kind(name, dir, MachineKind::Dir, None)
     }
 
-    /// Adds the catalog row and manifest of a new machine of `kind`.
+    /// Adds the catalog row and manifest of a new machine of `kind`. A mounted machine's
+    /// manifest carries its base from the start, so it is written once; the catalog row gets
+    /// the base only when the machine is complete (see `unfinished_create`).
     pub(crate) fn register_machine_kind(
         &self,
         name: &str,
         dir: &Path,
         kind: MachineKind,
+        base: Option<crate::catalog::Base>,
     ) -> Result<MachineRow> {
         let uid = manifest::new_uid();
         let created_at = now_ns();
@@ -142,7 +145,7 @@ impl Repo {
                 dir: dir.as_os_str().as_encoded_bytes().to_vec(),
                 kind: kind.as_str().to_owned(),
                 created_at,
-                base: None,
+                base,
             },
         )?;
         Ok(self

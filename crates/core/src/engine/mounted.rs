@@ -130,16 +130,19 @@ impl Repo {
             self.forget_machine(&old)?;
         }
         let at = self.mountpoint_for(&opts.name, opts.at.as_deref())?;
-        let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted)?;
-        let (base, head) = match &source {
+        let base = match &source {
+            Some((_, c)) => Self::base_of(c),
+            None => self.empty_base()?,
+        };
+        let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted, Some(base))?;
+        self.fresh_upper(&m, &base)?;
+        let head = match &source {
             Some((src_m, c)) => {
                 let note = format!("created from {}@v{}", src_m.name, c.version);
-                (Self::base_of(c), Some(self.adopt_checkpoint(&m, c, note)?))
+                Some(self.adopt_checkpoint(&m, c, note)?)
             }
-            None => (self.empty_base()?, None),
+            None => None,
         };
-        self.fresh_upper(&m, &base)?;
-        self.put_base_manifest(&m, &base)?;
         self.catalog
             .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
         if let Some(tar) = &opts.from_tar {

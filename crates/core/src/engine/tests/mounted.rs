@@ -469,7 +469,7 @@ fn a_killed_mounted_fork_is_finished_by_the_next_command_or_replaced_by_the_next
     std::fs::create_dir(&at).unwrap();
     let m = env
         .repo
-        .register_machine_kind("a", &at, MachineKind::Mounted)
+        .register_machine_kind("a", &at, MachineKind::Mounted, None)
         .unwrap();
     env.repo
         .adopt_checkpoint(&m, &c, "created from web@v1".to_owned())
@@ -491,7 +491,7 @@ fn a_killed_mounted_fork_is_finished_by_the_next_command_or_replaced_by_the_next
     let at = env.path("b-root");
     std::fs::create_dir(&at).unwrap();
     env.repo
-        .register_machine_kind("b", &at, MachineKind::Mounted)
+        .register_machine_kind("b", &at, MachineKind::Mounted, None)
         .unwrap();
     let e = env
         .repo
