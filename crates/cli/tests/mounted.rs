@@ -191,3 +191,84 @@ fn restore_of_one_path_of_a_mounted_machine() {
     env.cairn(["machine", "down", "box"]).ok();
     env.cairn(["check", "--read-data"]).ok();
 }
+
+/// The lower view of this env's only mounted machine: its mountpoint and its mount source
+/// (`cairn:NAME@base.TREE`), if one is mounted.
+fn lower_view(env: &Env) -> Option<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let home = env.home();
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let point = PathBuf::from(f[4]);
+        let sep = f.iter().position(|&x| x == "-")?;
+        (point.starts_with(&home) && point.ends_with("lower"))
+            .then(|| (point, f[sep + 2].to_owned()))
+    })
+}
+
+fn base_of(env: &Env, name: &str) -> String {
+    let v = env.cairn(["machine", "show", name]).json();
+    v["base"].as_str().expect("base").to_owned()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Regression: a view server left by an interrupted command could mount an older base after
+/// the next command had started its own, and `up` detached any view it found, also a good one.
+#[test]
+fn up_keeps_a_view_of_its_base_and_replaces_one_of_another() {
+    let env = Env::new();
+    let (_t, at) = web_and_box(&env);
+    env.cairn(["machine", "up", "box"]).ok();
+    let (lower, source) = lower_view(&env).expect("a lower view");
+    assert_eq!(source, format!("cairn:box@base.{}", base_of(&env, "box")));
+    let first = server_pids(&env, "box");
+    std::fs::write(at.join("added"), b"in box@v2").unwrap();
+    env.cairn(["checkpoint", "create", "box"]).ok();
+
+    // The overlay goes from outside: up keeps the view of the base it still has.
+    rustix::mount::unmount(&at, rustix::mount::UnmountFlags::empty()).unwrap();
+    let up = env.cairn(["machine", "up", "box"]).json();
+    assert!(up["recovered"].to_string().contains("kept"), "{up}");
+    assert_eq!(server_pids(&env, "box"), first, "the same server");
+    assert_eq!(std::fs::read(at.join("added")).unwrap(), b"in box@v2");
+
+    // A rebase while the overlay is gone leaves a view of the old base: up replaces it.
+    rustix::mount::unmount(&at, rustix::mount::UnmountFlags::empty()).unwrap();
+    env.cairn(["restore", "box@v2"]).ok();
+    let up = env.cairn(["machine", "up", "box"]).json();
+    assert!(up["recovered"].to_string().contains("another base"), "{up}");
+    let (_, source) = lower_view(&env).expect("a lower view");
+    assert_eq!(source, format!("cairn:box@base.{}", base_of(&env, "box")));
+    assert_eq!(
+        std::fs::read(at.join("added")).unwrap(),
+        b"in box@v2",
+        "now served by the view of box@v2"
+    );
+    wait_until("the old server exits", || {
+        server_pids(&env, "box").len() == 1 && server_pids(&env, "box") != first
+    });
+
+    // A second server of the same machine waits for the first to end instead of mounting
+    // over it; then it serves.
+    let mut second = env.cairn(["machine", "serve-lower", "box"]).spawn();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(second.try_wait().unwrap().is_none(), "it waits");
+    let stacked = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(lower.to_str().unwrap()))
+        .count();
+    assert_eq!(stacked, 1, "one view at {}", lower.display());
+    env.cairn(["machine", "down", "box"]).ok();
+    wait_until("the waiting server mounts", || lower_view(&env).is_some());
+    cairn_core::unmount(&lower).unwrap();
+    let run = crate::util::finish(second);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}

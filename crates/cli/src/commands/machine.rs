@@ -95,18 +95,22 @@ pub fn show(repo: &Repo, p: &Printer, name: &str) -> anyhow::Result<()> {
     let m = repo.machine_info(name)?;
     p.result(&m, |out| {
         let none = || "-".to_owned();
-        output::fields(
-            out,
-            &[
-                ("name", m.name.clone()),
-                ("kind", json_name(&m.kind)),
-                ("dir", m.dir.display().to_string()),
-                ("created", output::time(m.created_at)),
-                ("checkpoints", m.checkpoints.to_string()),
-                ("latest", m.latest.clone().unwrap_or_else(none)),
-                ("based on", m.head.clone().unwrap_or_else(none)),
-            ],
-        )
+        let mut fields = vec![
+            ("name", m.name.clone()),
+            ("kind", json_name(&m.kind)),
+            ("dir", m.dir.display().to_string()),
+            ("created", output::time(m.created_at)),
+            ("checkpoints", m.checkpoints.to_string()),
+            ("latest", m.latest.clone().unwrap_or_else(none)),
+            ("based on", m.head.clone().unwrap_or_else(none)),
+        ];
+        if let Some(up) = m.up {
+            fields.push(("up", if up { "yes" } else { "no" }.to_owned()));
+        }
+        if let Some(base) = m.base {
+            fields.push(("base tree", base.short()));
+        }
+        output::fields(out, &fields)
     })?;
     if let Some(r) = &m.interrupted_restore {
         p.warnings(&[format!(

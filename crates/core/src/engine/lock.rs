@@ -82,6 +82,42 @@ impl Repo {
         Ok(MachineLock { _file: file })
     }
 
+    /// Held by a machine's view server for as long as it serves (`machine serve-lower`), so
+    /// two servers do not mount at one `lower/`: one started while a server left by an
+    /// interrupted command is still starting waits here until that one has mounted and its
+    /// mount is gone. A holder that outlives `wait` has long since mounted; its mount was
+    /// detached (it serves only processes still inside it), so the new server goes ahead
+    /// without the lock (`None`).
+    pub(crate) fn lock_lower_server(
+        &self,
+        uid: &str,
+        wait: Duration,
+    ) -> Result<Option<MachineLock>> {
+        let path = self.home.join("locks").join(format!("lower-{uid}.lock"));
+        let mut file = open_lock_file(&path)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => {
+                    return Err(EngineError::Io {
+                        op: "lock",
+                        path,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "pid {}, serving the lower layer", std::process::id());
+        Ok(Some(MachineLock { _file: file }))
+    }
+
     /// Registers this process as a session that reads or writes blobs.
     pub(crate) fn begin_session(&self, op: &str) -> Result<Session<'_>> {
         let pid = std::process::id();

@@ -32,6 +32,12 @@ pub struct MachineInfo {
     /// The target of a restore that was interrupted (`web@v2`, or `web@v2:/etc` for one path);
     /// the next command on the machine completes it.
     pub interrupted_restore: Option<String>,
+    /// A mounted machine's base: the tree its lower layer serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::model::TreeId>,
+    /// Whether a mounted machine is up (its overlay mounted); absent for directory machines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub up: Option<bool>,
 }
 
 impl Repo {
@@ -297,6 +303,8 @@ impl Repo {
             head,
             latest: cps.last().map(|c| format!("{}@v{}", m.name, c.version)),
             interrupted_restore: m.pending.as_deref().map(super::restore::journal_target),
+            base: m.base.map(|b| b.root),
+            up: (m.kind == MachineKind::Mounted).then(|| self.is_up(m)),
         })
     }
 

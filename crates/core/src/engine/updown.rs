@@ -51,6 +51,9 @@ pub struct DownReport {
 /// How long a starting server may take to complete its mount.
 const SERVER_START: Duration = Duration::from_secs(20);
 
+/// How long a starting server waits for another server of the same machine to end.
+const LOWER_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 impl Repo {
     /// Mounts a mounted machine: the view of its base, then the overlay.
     pub fn machine_up(&self, name: &str) -> Result<UpReport> {
@@ -99,8 +102,25 @@ impl Repo {
     /// True when a view is mounted at `lower` and its server answers. `statfs` always goes to
     /// the server (attributes may be served from the kernel's cache long after it died).
     fn lower_healthy(lower: &Path) -> bool {
-        matches!(mount_at(lower), Ok(Some(e)) if e.fstype.starts_with("fuse"))
-            && rustix::fs::statfs(lower).is_ok()
+        Self::lower_state(lower, None) == LowerState::Serving
+    }
+
+    /// What is mounted at `lower`; with `want` (a view's name, see `lower_name`), whether a
+    /// live view there serves that tree.
+    fn lower_state(lower: &Path, want: Option<&str>) -> LowerState {
+        match mount_at(lower) {
+            Ok(Some(e)) if e.fstype.starts_with("fuse") => {
+                if rustix::fs::statfs(lower).is_err() {
+                    LowerState::Dead
+                } else if want.is_none_or(|w| e.source == crate::mount::fsname(w)) {
+                    LowerState::Serving
+                } else {
+                    LowerState::OtherBase
+                }
+            }
+            Ok(Some(_)) => LowerState::Dead,
+            _ => LowerState::Absent,
+        }
     }
 
     pub(crate) fn up_locked(&self, m: &MachineRow) -> Result<UpReport> {
@@ -126,12 +146,31 @@ impl Repo {
                 m.dir.display()
             ));
         }
-        if mount_at(&l.lower).map_err(EngineError::from)?.is_some() {
-            detach(&l.lower)?;
-            report.recovered.push(format!(
-                "a stale view of the base was mounted at {}; it was detached",
-                l.lower.display()
-            ));
+        let base = super::mounted::base_of_row(m)?;
+        let want = lower_name(m, base.root);
+        let mut serving = false;
+        match Self::lower_state(&l.lower, Some(&want)) {
+            LowerState::Absent => {}
+            // A view of the current base whose overlay is gone (an interrupted command
+            // started it, or the overlay was unmounted from outside) is as good as a new one.
+            LowerState::Serving if !overlay_up => {
+                serving = true;
+                report.recovered.push(format!(
+                    "a view of the base was still served at {} without its overlay; it was kept",
+                    l.lower.display()
+                ));
+            }
+            state => {
+                detach(&l.lower)?;
+                report.recovered.push(format!(
+                    "a stale view ({}) was mounted at {}; it was detached",
+                    match state {
+                        LowerState::OtherBase => "of another base",
+                        _ => "whose server had stopped",
+                    },
+                    l.lower.display()
+                ));
+            }
         }
         if !report.recovered.is_empty() {
             report.phases.push(Phase::since("recover", t));
@@ -157,10 +196,11 @@ impl Repo {
                 ),
             });
         }
-        let base = super::mounted::base_of_row(m)?;
-        let t = Instant::now();
-        self.start_lower(m, base.root, &l.lower)?;
-        report.phases.push(Phase::since("lower", t));
+        if !serving {
+            let t = Instant::now();
+            self.start_lower(m, base.root, &l.lower)?;
+            report.phases.push(Phase::since("lower", t));
+        }
         let t = Instant::now();
         std::fs::create_dir_all(&m.dir).map_err(|source| EngineError::Io {
             op: "create the mountpoint",
@@ -257,13 +297,8 @@ impl Repo {
         })?;
         match &self.lower_server {
             LowerServer::InProcess => {
-                let view = self.mount_tree(
-                    root,
-                    &[],
-                    &format!("{}@base", m.name),
-                    lower,
-                    &lower_options(),
-                )?;
+                let view =
+                    self.mount_tree(root, &[], &lower_name(m, root), lower, &lower_options())?;
                 lock(&self.views).insert(m.uid.clone(), view);
                 Ok(())
             }
@@ -296,9 +331,21 @@ impl Repo {
                     source,
                 })?;
                 let deadline = Instant::now() + SERVER_START;
+                let want = lower_name(m, root);
                 loop {
-                    if Self::lower_healthy(lower) {
-                        return Ok(());
+                    match Self::lower_state(lower, Some(&want)) {
+                        // Ours, or one an interrupted command started for the same base.
+                        LowerState::Serving => return Ok(()),
+                        // A server an interrupted command started before the last rebase,
+                        // mounting late: ours waits for it (`lock_lower_server`), so it goes.
+                        LowerState::OtherBase => {
+                            tracing::info!(
+                                "detaching a late view of another base at {}",
+                                lower.display()
+                            );
+                            detach(lower)?;
+                        }
+                        LowerState::Absent | LowerState::Dead => {}
                     }
                     if let Ok(Some(status)) = child.try_wait() {
                         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -340,19 +387,42 @@ impl Repo {
 
     /// Serves a machine's base at its `lower/` until the view is unmounted. This is what the
     /// detached server process started by `machine up` runs.
+    ///
+    /// It first waits for any other server of the machine to end, then reads the base: a
+    /// server left by an interrupted command may have been started before a rebase.
     pub fn serve_lower(&self, name: &str) -> Result<()> {
+        let m = self.mounted_row(name)?;
+        let _serving = self.lock_lower_server(&m.uid, LOWER_LOCK_WAIT)?;
         let m = self.mounted_row(name)?;
         let base = super::mounted::base_of_row(&m)?;
         let lower = self.layout(&m).lower;
         let mut view = self.mount_tree(
             base.root,
             &[],
-            &format!("{}@base", m.name),
+            &lower_name(&m, base.root),
             &lower,
             &lower_options(),
         )?;
         Ok(view.join()?)
     }
+}
+
+/// What is at a machine's `lower/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LowerState {
+    Absent,
+    /// A FUSE mount whose server no longer answers, or something else mounted there.
+    Dead,
+    /// A live view of the tree asked about (or of any tree, when none was named).
+    Serving,
+    /// A live view of another tree.
+    OtherBase,
+}
+
+/// A lower view's name in the mount table: the machine and the whole id of the tree it
+/// serves, so `machine up` can tell a view of the current base from an older one.
+fn lower_name(m: &MachineRow, root: crate::model::TreeId) -> String {
+    format!("{}@base.{}", m.name, root.to_hex())
 }
 
 /// A lower layer serves a machine: its setuid programs and device nodes must work.

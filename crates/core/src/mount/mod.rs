@@ -16,6 +16,7 @@ mod fs;
 mod inodes;
 mod mounts;
 
+pub(crate) use mounts::fsname;
 pub(crate) use mounts::mount_at;
 pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
 

@@ -57,7 +57,7 @@ pub(super) fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// The mount source for the mount table. Mount options are comma-separated, so a name must
 /// not carry commas or spaces into them.
-pub(super) fn fsname(name: &str) -> String {
+pub(crate) fn fsname(name: &str) -> String {
     let clean: String = name
         .chars()
         .map(|c| {
