@@ -383,7 +383,19 @@ impl Repo {
         if !self.up_locked(m)?.already_up {
             phases.push(Phase::since("up", t));
         }
-        let result = apply(phases);
+        let result = apply(phases).map_err(|e| {
+            // Killing the view server fails every read of the base under way; say so, and
+            // what brings the machine back, rather than only what failed to read.
+            if Self::lower_healthy(&self.layout(m).lower) {
+                return e;
+            }
+            EngineError::Invalid(format!(
+                "the view server of machine {}'s lower layer stopped while this command worked \
+                 through it ({e}); nothing is lost: `cairn machine up {}` starts it again and \
+                 completes what was interrupted",
+                m.name, m.name
+            ))
+        });
         let mut down = None;
         if down_after {
             let t = Instant::now();

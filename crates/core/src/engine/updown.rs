@@ -101,7 +101,7 @@ impl Repo {
 
     /// True when a view is mounted at `lower` and its server answers. `statfs` always goes to
     /// the server (attributes may be served from the kernel's cache long after it died).
-    fn lower_healthy(lower: &Path) -> bool {
+    pub(crate) fn lower_healthy(lower: &Path) -> bool {
         Self::lower_state(lower, None) == LowerState::Serving
     }
 
