@@ -12,8 +12,8 @@ use crate::model::{Content, Entry, Extent, Node, Timestamp, Tree};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -173,6 +173,56 @@ impl ViewFs {
         }
     }
 
+    /// Walks directory `ino` from `offset`, calling `add` for each entry until it says the
+    /// reply is full. Offsets: 1 is `.`, 2 is `..`, 3 + i is entry i; each names the entry
+    /// after it.
+    fn list(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(Listed<'_>) -> bool,
+    ) -> Result<(), Errno> {
+        let dir = self.inode(ino)?;
+        let tree = self.tree_of(&dir)?;
+        let mut next = offset;
+        if next < 1 {
+            let full = add(Listed {
+                inode: Arc::clone(&dir),
+                offset: 1,
+                kind: FileType::Directory,
+                name: OsStr::new("."),
+            });
+            if full {
+                return Ok(());
+            }
+            next = 1;
+        }
+        if next < 2 {
+            let full = add(Listed {
+                inode: self.inode(INodeNo(dir.parent))?,
+                offset: 2,
+                kind: FileType::Directory,
+                name: OsStr::new(".."),
+            });
+            if full {
+                return Ok(());
+            }
+            next = 2;
+        }
+        for (i, e) in tree.entries.iter().enumerate().skip((next - 2) as usize) {
+            let full = add(Listed {
+                inode: self.child(&dir, e)?,
+                offset: i as u64 + 3,
+                kind: file_type(&e.node),
+                name: OsStr::from_bytes(&e.name),
+            });
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn read_range(&self, ino: INodeNo, offset: u64, size: u32, reply: ReplyData) {
         let inode = match self.inode(ino) {
             Ok(i) => i,
@@ -278,6 +328,14 @@ fn kernel_rdev(rdev: u64) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
+/// One entry of a listing, as `ViewFs::list` hands it out.
+struct Listed<'a> {
+    inode: Arc<Inode>,
+    offset: u64,
+    kind: FileType,
+    name: &'a OsStr,
+}
+
 fn file_type(node: &Node) -> FileType {
     match node.content {
         Content::File { .. } | Content::Hardlink { .. } => FileType::RegularFile,
@@ -310,6 +368,8 @@ impl Filesystem for ViewFs {
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!("the kernel does not offer {cap:?}");
@@ -412,40 +472,45 @@ impl Filesystem for ViewFs {
         mut reply: ReplyDirectory,
     ) {
         Requests::count(&self.requests.readdir);
-        let listing = (|| {
-            let dir = self.inode(ino)?;
-            let tree = self.tree_of(&dir)?;
-            Ok::<_, Errno>((dir, tree))
-        })();
-        let (dir, tree) = match listing {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        // Offsets: 1 is `.`, 2 is `..`, 3 + i is entry i; each names the entry after it.
-        let mut next = offset;
-        if next < 1 {
-            if reply.add(INodeNo(dir.ino), 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            next = 1;
+        match self.list(ino, offset, |e| {
+            reply.add(INodeNo(e.inode.ino), e.offset, e.kind, e.name)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        if next < 2 {
-            if reply.add(INodeNo(dir.parent), 2, FileType::Directory, "..") {
-                return reply.ok();
+    }
+
+    /// A listing with every entry's attributes, so that walking a tree (`find`, `du`, a
+    /// backup, `ls -l`) costs no LOOKUP per entry: the kernel enters each name in its cache
+    /// from the reply. It asks for this form only while it sees lookups follow listings.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        Requests::count(&self.requests.readdirplus);
+        let mut failed = None;
+        let listed = self.list(ino, offset, |e| match self.attr(&e.inode) {
+            Ok(attr) => reply.add(
+                INodeNo(e.inode.ino),
+                e.offset,
+                e.name,
+                &TTL,
+                &attr,
+                Generation(0),
+            ),
+            Err(err) => {
+                failed = Some(err);
+                true
             }
-            next = 2;
+        });
+        match failed.map_or(listed, Err) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        for (i, e) in tree.entries.iter().enumerate().skip((next - 2) as usize) {
-            let child = match self.child(&dir, e) {
-                Ok(c) => c,
-                Err(err) => return reply.error(err),
-            };
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(INodeNo(child.ino), i as u64 + 3, file_type(&e.node), name) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

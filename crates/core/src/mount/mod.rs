@@ -161,6 +161,7 @@ pub struct Requests {
     pub opendir: AtomicU64,
     pub read: AtomicU64,
     pub readdir: AtomicU64,
+    pub readdirplus: AtomicU64,
 }
 
 impl Requests {

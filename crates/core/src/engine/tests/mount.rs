@@ -194,7 +194,8 @@ fn warm_opens_reads_and_listings_never_reach_the_server() {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     pass();
     let q = view.requests();
-    let first = [load(&q.read), load(&q.readdir), load(&q.lookup)];
+    let listings = || load(&q.readdir) + load(&q.readdirplus);
+    let first = [load(&q.read), listings(), load(&q.lookup)];
     assert!(
         first[0] > 0 && first[1] > 0,
         "the first pass is served: {q:?}"
@@ -204,11 +205,44 @@ fn warm_opens_reads_and_listings_never_reach_the_server() {
     pass();
     pass();
     assert_eq!(
-        [load(&q.read), load(&q.readdir), load(&q.lookup)],
+        [load(&q.read), listings(), load(&q.lookup)],
         first,
         "a warm pass sent requests: {q:?}"
     );
     assert!(load(&q.open) <= 1 && load(&q.opendir) <= 1, "{q:?}");
+    view.unmount().unwrap();
+}
+
+#[test]
+fn a_cold_walk_of_the_tree_sends_no_lookup_per_entry() {
+    let env = Env::new();
+    let t = TestDir::full(&env.path("m"));
+    adopt(&env.repo, "web", &t.root);
+    checkpoint(&env.repo, "web");
+    let (mut view, mnt) = mount(&env, "web@v1");
+    fn walk(dir: &std::path::Path, seen: &mut usize) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            *seen += 1;
+            if meta.is_dir() {
+                walk(&p, seen);
+            }
+        }
+    }
+    let mut seen = 0;
+    walk(&mnt, &mut seen);
+    assert_eq!(seen, snapshot(&t.root).len() - 1, "every entry but the top");
+    let q = view.requests();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&q.readdirplus) > 0, "{q:?}");
+    assert_eq!(
+        load(&q.lookup),
+        0,
+        "each listing entered its names and attributes: {q:?}"
+    );
+    // What it entered is exact, and the tree reads back the same.
+    assert_same(&snapshot(&t.root), &snapshot(&mnt), "the view after a walk");
     view.unmount().unwrap();
 }
 
