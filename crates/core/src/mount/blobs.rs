@@ -87,6 +87,21 @@ impl Blobs {
         Ok(tree)
     }
 
+    /// A tree for one look, as a walk of the whole tree needs it: from the cache when there,
+    /// and otherwise decoded without being kept (a walk must not pin every tree in memory).
+    pub(super) fn tree_passing(&self, id: TreeId) -> Result<Arc<Tree>> {
+        if let Some(t) = lock(&self.trees).get(&id) {
+            return Ok(Arc::clone(t));
+        }
+        let bytes = self.read(BlobId::from(id))?;
+        Ok(Arc::new(decode_tree(&bytes).map_err(|e| {
+            MountError::CorruptTree {
+                id: id.short(),
+                reason: e.to_string(),
+            }
+        })?))
+    }
+
     /// A chunk's plaintext, from the cache or read and decompressed once. The lock is not held
     /// while reading, so two threads may both decompress a chunk; both get the same bytes.
     pub(super) fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {

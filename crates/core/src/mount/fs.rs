@@ -6,6 +6,7 @@
 
 use super::blobs::Blobs;
 use super::inodes::{Inode, Inodes};
+use super::xattrscan::XattrScan;
 use super::{MountError, Requests};
 use crate::engine::join_path;
 use crate::model::{Content, Entry, Extent, Node, Timestamp, Tree};
@@ -28,7 +29,8 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const BLOCK: u32 = 4096;
 
 pub(super) struct ViewFs {
-    blobs: Blobs,
+    blobs: Arc<Blobs>,
+    xattrs: Arc<XattrScan>,
     inodes: Inodes,
     /// The machine directory: hardlink targets are paths from it, even when the view shows
     /// only a subtree.
@@ -39,7 +41,8 @@ pub(super) struct ViewFs {
 impl ViewFs {
     /// A view whose root is `root`, found at `path` below the machine directory `top`.
     pub(super) fn new(
-        blobs: Blobs,
+        blobs: Arc<Blobs>,
+        xattrs: Arc<XattrScan>,
         top: Node,
         path: Vec<u8>,
         root: Node,
@@ -47,6 +50,7 @@ impl ViewFs {
     ) -> ViewFs {
         ViewFs {
             blobs,
+            xattrs,
             inodes: Inodes::with_root(path, root),
             top,
             requests,
@@ -519,6 +523,11 @@ impl Filesystem for ViewFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        Requests::count(&self.requests.getxattr);
+        if self.xattrs.none() {
+            // No xattr anywhere in the tree: the kernel stops asking (see `xattrscan`).
+            return reply.error(Errno::ENOSYS);
+        }
         let inode = match self.inode(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(e),

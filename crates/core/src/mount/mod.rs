@@ -15,6 +15,7 @@ mod blobs;
 mod fs;
 mod inodes;
 mod mounts;
+mod xattrscan;
 
 pub(crate) use mounts::fsname;
 pub(crate) use mounts::mount_at;
@@ -149,6 +150,7 @@ pub struct MountedView {
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
     requests: Arc<Requests>,
+    xattrs: Arc<xattrscan::XattrScan>,
 }
 
 /// How many requests of each kind the kernel has sent the view so far. Warm reads of cached
@@ -162,6 +164,7 @@ pub struct Requests {
     pub read: AtomicU64,
     pub readdir: AtomicU64,
     pub readdirplus: AtomicU64,
+    pub getxattr: AtomicU64,
 }
 
 impl Requests {
@@ -178,6 +181,12 @@ impl MountedView {
     /// The requests served so far.
     pub fn requests(&self) -> &Requests {
         &self.requests
+    }
+
+    /// Whether the tree holds no xattr at all (`Some(true)`), holds one (`Some(false)`), or
+    /// is still being scanned (`None`). See `xattrscan`.
+    pub fn xattr_free(&self) -> Option<bool> {
+        self.xattrs.result()
     }
 
     /// False once the kernel has ended the connection: after an unmount (from here or outside)
@@ -234,10 +243,31 @@ impl MountedView {
 pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> Result<MountedView> {
     mounts::check_mountpoint(mountpoint)?;
     mounts::check_fuse_available()?;
-    let blobs = blobs::Blobs::open(spec.store, &spec.catalog_path, opts.chunk_cache_bytes)?;
+    let blobs = Arc::new(blobs::Blobs::open(
+        spec.store,
+        &spec.catalog_path,
+        opts.chunk_cache_bytes,
+    )?);
     let requests = Arc::new(Requests::default());
+    let xattrs = Arc::new(xattrscan::XattrScan::default());
+    {
+        let (scan, blobs, top) = (
+            Arc::clone(&xattrs),
+            Arc::downgrade(&blobs),
+            spec.top.clone(),
+        );
+        std::thread::Builder::new()
+            .name("xattr-scan".to_owned())
+            .spawn(move || scan.run(blobs, &top))
+            .map_err(|source| MountError::Io {
+                op: "start the xattr scan of",
+                path: mountpoint.to_owned(),
+                source,
+            })?;
+    }
     let view = fs::ViewFs::new(
         blobs,
+        Arc::clone(&xattrs),
         spec.top,
         spec.path.join(&b'/'),
         spec.root,
@@ -279,5 +309,6 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
         mountpoint: mounts::absolute(mountpoint)?,
         session: Some(session),
         requests,
+        xattrs,
     })
 }

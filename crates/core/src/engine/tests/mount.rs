@@ -246,6 +246,64 @@ fn a_cold_walk_of_the_tree_sends_no_lookup_per_entry() {
     view.unmount().unwrap();
 }
 
+fn scanned(view: &MountedView) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(free) = view.xattr_free() {
+            return free;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the xattr scan never ended"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_tree_without_xattrs_stops_the_kernel_asking_for_them() {
+    let env = Env::new();
+    let t = TestDir::new(&env.path("m"));
+    t.dir(b"etc", 0o755)
+        .file(b"etc/a", b"a", 0o644)
+        .file(b"etc/b", b"b", 0o600)
+        .dir(b"etc/sub", 0o700)
+        .file(b"etc/sub/c", b"c", 0o755);
+    adopt(&env.repo, "plain", &t.root);
+    checkpoint(&env.repo, "plain");
+    let (mut view, mnt) = mount(&env, "plain@v1");
+    assert!(scanned(&view), "the scan finds no xattr");
+    let mut buf = [0u8; 64];
+    for rel in ["etc/a", "etc/b", "etc/sub/c", "etc", "etc/sub"] {
+        let e = rustix::fs::lgetxattr(mnt.join(rel), "user.anything", &mut buf).unwrap_err();
+        assert_eq!(e, rustix::io::Errno::OPNOTSUPP, "{rel}");
+    }
+    let asked = view
+        .requests()
+        .getxattr
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(asked, 1, "only the first one reached the server");
+    // Listing still answers (empty), so copies and snapshots see exactly no xattr.
+    assert_same(
+        &snapshot(&t.root),
+        &snapshot(&mnt),
+        "the view of a plain tree",
+    );
+    view.unmount().unwrap();
+
+    // A tree with xattrs keeps answering each one, present or not.
+    let full = TestDir::full(&env.path("f"));
+    adopt(&env.repo, "full", &full.root);
+    checkpoint(&env.repo, "full");
+    let (mut view, mnt) = mount(&env, "full@v1");
+    assert!(!scanned(&view), "the scan finds the fixture's xattrs");
+    let n = rustix::fs::lgetxattr(mnt.join("cap"), "user.comment", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello\0binary\xff");
+    let e = rustix::fs::lgetxattr(mnt.join("cap"), "user.absent", &mut buf).unwrap_err();
+    assert_eq!(e, rustix::io::Errno::NODATA);
+    view.unmount().unwrap();
+}
+
 #[test]
 fn a_view_keeps_reading_after_gc_repacks_its_blobs_and_holds_no_read_snapshot() {
     let env = Env::new();
