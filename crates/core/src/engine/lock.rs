@@ -41,44 +41,61 @@ fn open_lock_file(path: &PathBuf) -> Result<File> {
         })
 }
 
+/// Opens the lock file at `path` and takes its lock, trying every `poll` for up to `wait`;
+/// `None` if a holder kept it that long.
+fn lock_within(path: &PathBuf, wait: Duration, poll: Duration) -> Result<Option<File>> {
+    let file = open_lock_file(path)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Some(file)),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(poll);
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => {
+                return Err(EngineError::Io {
+                    op: "lock",
+                    path: path.clone(),
+                    source: e.into(),
+                });
+            }
+        }
+    }
+}
+
+/// Who holds a lock, for the message a waiter prints. Best effort: the lock itself is flock.
+fn write_holder(file: &mut File, op: &str) {
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "pid {}, {op}", std::process::id());
+}
+
 impl Repo {
     /// Takes the lock of machine `name`, waiting up to the repo's `lock_wait` for a holder to
     /// finish. `op` is written into the lock file so a waiter can say who holds it.
     pub(crate) fn lock_machine(&self, name: &str, op: &str) -> Result<MachineLock> {
         let path = self.home.join("locks").join(format!("machine-{name}.lock"));
-        let mut file = open_lock_file(&path)?;
-        let deadline = Instant::now() + self.lock_wait;
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    let mut holder = String::new();
-                    let _ = file.read_to_string(&mut holder);
-                    let holder = match holder.trim() {
-                        "" => "another cairn command holds its lock".to_owned(),
-                        h => format!("another cairn command is running on it ({h})"),
-                    };
-                    return Err(EngineError::Locked {
-                        machine: name.to_owned(),
-                        holder,
-                    });
-                }
-                Err(e) => {
-                    return Err(EngineError::Io {
-                        op: "lock",
-                        path,
-                        source: e.into(),
-                    });
-                }
-            }
-        }
-        // Who holds it, for the message a waiter prints. Best effort: the lock itself is flock.
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "pid {}, {op}", std::process::id());
+        let Some(mut file) = lock_within(&path, self.lock_wait, Duration::from_millis(20))? else {
+            let mut holder = String::new();
+            let _ = open_lock_file(&path).and_then(|mut f| {
+                f.read_to_string(&mut holder)
+                    .map_err(|source| EngineError::Io {
+                        op: "read lock file",
+                        path: path.clone(),
+                        source,
+                    })
+            });
+            let holder = match holder.trim() {
+                "" => "another cairn command holds its lock".to_owned(),
+                h => format!("another cairn command is running on it ({h})"),
+            };
+            return Err(EngineError::Locked {
+                machine: name.to_owned(),
+                holder,
+            });
+        };
+        write_holder(&mut file, op);
         Ok(MachineLock { _file: file })
     }
 
@@ -94,28 +111,12 @@ impl Repo {
         wait: Duration,
     ) -> Result<Option<MachineLock>> {
         let path = self.home.join("locks").join(format!("lower-{uid}.lock"));
-        let mut file = open_lock_file(&path)?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-                Err(e) => {
-                    return Err(EngineError::Io {
-                        op: "lock",
-                        path,
-                        source: e.into(),
-                    });
-                }
-            }
-        }
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "pid {}, serving the lower layer", std::process::id());
-        Ok(Some(MachineLock { _file: file }))
+        Ok(
+            lock_within(&path, wait, Duration::from_millis(2))?.map(|mut file| {
+                write_holder(&mut file, "serving the lower layer");
+                MachineLock { _file: file }
+            }),
+        )
     }
 
     /// Registers this process as a session that reads or writes blobs.

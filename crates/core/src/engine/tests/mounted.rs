@@ -1,7 +1,7 @@
 //! Mounted machines without the overlay up: the upper layer is written directly, as the
 //! overlay would write it, and checkpoint, restore, fork and gc must treat it as the machine.
 
-use super::fixture::{TestDir, noise};
+use super::fixture::{TestDir, assert_same, noise, snapshot};
 use super::*;
 use crate::engine::mounted::CreateMountedOptions;
 use crate::engine::run::RunSpec;
@@ -18,6 +18,17 @@ fn create_box(env: &Env, from: Option<&str>) -> MountedInfo {
             &NoProgress,
         )
         .unwrap()
+}
+
+/// `web` from the full fixture with checkpoint web@v1, and `box` over it; returns web's
+/// snapshot.
+fn full_web_and_box(env: &Env) -> (super::fixture::Snapshot, MountedInfo) {
+    let web = env.path("web");
+    TestDir::full(&web);
+    let want = snapshot(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    (want, create_box(env, Some("web@v1")))
 }
 
 fn upper_of(env: &Env, name: &str) -> std::path::PathBuf {
@@ -202,14 +213,8 @@ fn mounted_machine_from_a_tar_starts_with_an_empty_upper() {
 
 #[test]
 fn up_serves_the_base_exactly_and_restore_while_up_remounts() {
-    use super::fixture::{assert_same, snapshot};
     let env = Env::new();
-    let web = env.path("web");
-    TestDir::full(&web);
-    let want = snapshot(&web);
-    adopt(&env.repo, "web", &web);
-    checkpoint(&env.repo, "web");
-    let info = create_box(&env, Some("web@v1"));
+    let (want, info) = full_web_and_box(&env);
     let up = env.repo.machine_up("box").unwrap();
     assert!(!up.already_up && up.recovered.is_empty(), "{up:?}");
     assert!(up.phases.iter().any(|p| p.name == "overlay"), "{up:?}");
@@ -267,14 +272,8 @@ fn up_serves_the_base_exactly_and_restore_while_up_remounts() {
 
 #[test]
 fn up_after_a_kill_while_a_rebase_reset_the_work_directory() {
-    use super::fixture::{assert_same, snapshot};
     let env = Env::new();
-    let web = env.path("web");
-    TestDir::full(&web);
-    let want = snapshot(&web);
-    adopt(&env.repo, "web", &web);
-    checkpoint(&env.repo, "web");
-    let info = create_box(&env, Some("web@v1"));
+    let (want, info) = full_web_and_box(&env);
     std::fs::write(
         upper_of(&env, "box").join("kept"),
         b"written before the kill",
