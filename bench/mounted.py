@@ -352,11 +352,18 @@ class Bench:
     DPKG_SH = "DEBIAN_FRONTEND=noninteractive dpkg -i /debs/*.deb >/dev/null"
 
     def dpkg(self, i):
-        # Which of the two runs first alternates between repetitions, so whatever the first
-        # leaves behind (dirty pages still being written back, a warmer cache) does not always
-        # fall on the same side.
-        sides = [self.dpkg_machine, self.dpkg_chroot]
-        for side in sides if i % 2 == 0 else reversed(sides):
+        # Two runs of each side per repetition, in the order ABBA (BAAB in odd repetitions):
+        # this machine's speed drifts over minutes, and a drift that is linear over the four
+        # runs falls equally on both sides. Each machine run starts from a freshly restored
+        # box@v1, each chroot run from a fresh copy.
+        a, b = self.dpkg_machine, self.dpkg_chroot
+        order = [a, b, b, a] if i % 2 == 0 else [b, a, a, b]
+        machine_runs = 0
+        for side in order:
+            if side == a:
+                if machine_runs:
+                    self.cairn("restore", "box@v1")
+                machine_runs += 1
             side()
 
     def dpkg_machine(self):
@@ -535,8 +542,9 @@ def report(args, benches, started):
              "once with apt-get) installed offline: `cairn run box --bind DEBS:/debs:ro -- sh -c "
              "'dpkg -i /debs/*.deb'` on a freshly restored machine, against `chroot DIR sh -c "
              "'dpkg -i /debs/*.deb'` in a fresh `cp -a` of the tree on ext4 with the same "
-             "read-only bind, /proc and /dev. Which of the two runs first alternates between "
-             "repetitions, and each starts after a `sync`.")
+             "read-only bind, /proc and /dev. Each repetition runs each side twice, in the order "
+             "machine, chroot, chroot, machine (the reverse in odd repetitions), the machine "
+             "restored to box@v1 before its second run; every run starts after a `sync`.")
     L.append("- Every cairn timing includes starting the `cairn` process; every btrfs timing "
              "includes starting `btrfs`. The btrfs file system is a sparse image on the same "
              "ext4 disk, loop-mounted.")
