@@ -35,6 +35,18 @@ fn mounted_machine_end_to_end() {
         "one detached view server"
     );
     assert_same(&want, &snapshot(&at), "box over web@v1");
+    let shown = env.cairn(["machine", "show", "box"]).json();
+    assert_eq!(
+        (&shown["up"], shown["base"].is_string()),
+        (&true.into(), true),
+        "{shown}"
+    );
+    let listed = env.cairn(["machine", "list"]).json();
+    assert_eq!(listed[0]["up"], true, "{listed}");
+    assert!(
+        listed[1].get("up").is_none(),
+        "web is a directory machine: {listed}"
+    );
 
     std::fs::write(at.join("etc/hostname"), b"changed\n").unwrap();
     std::fs::remove_dir_all(at.join("usr/lib")).unwrap();
@@ -69,6 +81,7 @@ fn mounted_machine_end_to_end() {
     assert!(e.contains("is up"), "{e}");
     env.cairn(["machine", "down", "box"]).ok();
     assert!(server_pids(&env, "box").is_empty(), "down stops the server");
+    assert_eq!(env.cairn(["machine", "show", "box"]).json()["up"], false);
     assert_eq!(std::fs::read_dir(&at).unwrap().count(), 0);
     env.cairn(["machine", "rm", "box"]).ok();
     env.cairn(["check", "--read-data"]).ok();

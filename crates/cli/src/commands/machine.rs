@@ -70,6 +70,7 @@ pub fn list(repo: &Repo, p: &Printer) -> anyhow::Result<()> {
         let mut t = Table::new(&[
             ("NAME", Align::Left),
             ("KIND", Align::Left),
+            ("UP", Align::Left),
             ("CHECKPOINTS", Align::Right),
             ("LATEST", Align::Left),
             ("DIR", Align::Left),
@@ -78,6 +79,13 @@ pub fn list(repo: &Repo, p: &Printer) -> anyhow::Result<()> {
             t.row(vec![
                 m.name.clone(),
                 json_name(&m.kind),
+                // Only a mounted machine goes up and down; a directory machine always is.
+                match m.up {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "-",
+                }
+                .to_owned(),
                 m.checkpoints.to_string(),
                 m.latest.clone().unwrap_or_else(|| "-".to_owned()),
                 m.dir.display().to_string(),
