@@ -153,7 +153,8 @@ impl Repo {
             LowerState::Absent => {}
             // A view of the current base whose overlay is gone (an interrupted command
             // started it, or the overlay was unmounted from outside) is as good as a new one.
-            LowerState::Serving if !overlay_up => {
+            // (With the overlay up, a live view returned `already_up` above.)
+            LowerState::Serving => {
                 serving = true;
                 report.recovered.push(format!(
                     "a view of the base was still served at {} without its overlay; it was kept",

@@ -188,32 +188,30 @@ impl ViewFs {
     ) -> Result<(), Errno> {
         let dir = self.inode(ino)?;
         let tree = self.tree_of(&dir)?;
-        let mut next = offset;
-        if next < 1 {
+        for (at, name) in [(1, "."), (2, "..")] {
+            if offset >= at {
+                continue;
+            }
+            let inode = match at {
+                1 => Arc::clone(&dir),
+                _ => self.inode(INodeNo(dir.parent))?,
+            };
             let full = add(Listed {
-                inode: Arc::clone(&dir),
-                offset: 1,
+                inode,
+                offset: at,
                 kind: FileType::Directory,
-                name: OsStr::new("."),
+                name: OsStr::new(name),
             });
             if full {
                 return Ok(());
             }
-            next = 1;
         }
-        if next < 2 {
-            let full = add(Listed {
-                inode: self.inode(INodeNo(dir.parent))?,
-                offset: 2,
-                kind: FileType::Directory,
-                name: OsStr::new(".."),
-            });
-            if full {
-                return Ok(());
-            }
-            next = 2;
-        }
-        for (i, e) in tree.entries.iter().enumerate().skip((next - 2) as usize) {
+        for (i, e) in tree
+            .entries
+            .iter()
+            .enumerate()
+            .skip(offset.saturating_sub(2) as usize)
+        {
             let full = add(Listed {
                 inode: self.child(&dir, e)?,
                 offset: i as u64 + 3,

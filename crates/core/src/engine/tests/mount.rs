@@ -20,6 +20,14 @@ fn mount(env: &Env, reference: &str) -> (MountedView, std::path::PathBuf) {
     (view, mnt)
 }
 
+/// Machine `web` over the full fixture, with checkpoint web@v1.
+fn full_web(env: &Env) -> TestDir {
+    let t = TestDir::full(&env.path("m"));
+    adopt(&env.repo, "web", &t.root);
+    checkpoint(&env.repo, "web");
+    t
+}
+
 fn ino(p: &Path) -> u64 {
     std::fs::symlink_metadata(p).unwrap().ino()
 }
@@ -146,9 +154,7 @@ fn the_view_shows_every_attribute_of_the_checkpointed_tree() {
 #[test]
 fn a_subtree_view_reads_hardlinks_whose_leader_is_outside_it() {
     let env = Env::new();
-    let t = TestDir::full(&env.path("m"));
-    adopt(&env.repo, "web", &t.root);
-    checkpoint(&env.repo, "web");
+    let t = full_web(&env);
     let (mut view, mnt) = mount(&env, "web@v1:/usr");
     let link = mnt.join("share/passwd-link");
     assert_eq!(
@@ -170,9 +176,7 @@ fn a_subtree_view_reads_hardlinks_whose_leader_is_outside_it() {
 #[test]
 fn warm_opens_reads_and_listings_never_reach_the_server() {
     let env = Env::new();
-    let t = TestDir::full(&env.path("m"));
-    adopt(&env.repo, "web", &t.root);
-    checkpoint(&env.repo, "web");
+    let t = full_web(&env);
     let (mut view, mnt) = mount(&env, "web@v1");
     let want = snapshot(&t.root);
     let files: Vec<_> = want
@@ -216,9 +220,7 @@ fn warm_opens_reads_and_listings_never_reach_the_server() {
 #[test]
 fn a_cold_walk_of_the_tree_sends_no_lookup_per_entry() {
     let env = Env::new();
-    let t = TestDir::full(&env.path("m"));
-    adopt(&env.repo, "web", &t.root);
-    checkpoint(&env.repo, "web");
+    let t = full_web(&env);
     let (mut view, mnt) = mount(&env, "web@v1");
     fn walk(dir: &std::path::Path, seen: &mut usize) {
         for e in std::fs::read_dir(dir).unwrap() {
