@@ -13,6 +13,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+  # A FUSE view without root needs /dev/fuse open to every user. Debian's udev rules make it
+  # 0666; a host without udev (a container, a minimal VM) may leave it 0600.
+  if [ -c /dev/fuse ]; then chmod 0666 /dev/fuse; fi
 fi
 
 # Trials of the crash harness (SIGKILL at random instants); CI runs at least 200.

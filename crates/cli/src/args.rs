@@ -459,6 +459,17 @@ pub enum MachineCmd {
         name: String,
     },
 
+    /// Hold a mounted machine's overlay in a user namespace (started by `machine up` without root)
+    #[command(
+        hide = true,
+        after_help = "Started by `cairn machine up NAME` when not run as root; not meant to be \
+            run by hand."
+    )]
+    HoldOverlay {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
     /// List the machines
     #[command(visible_alias = "ls", after_help = "Example:\n  cairn machine list")]
     List,

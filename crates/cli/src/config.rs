@@ -74,6 +74,8 @@ pub enum Command {
     MachineDown(String),
     /// The detached server of a mounted machine's lower layer.
     ServeLower(String),
+    /// The detached holder of a mounted machine's overlay, without root.
+    HoldOverlay(String),
     MachineList,
     MachineShow(String),
     MachineRemove(String),
@@ -193,8 +195,6 @@ fn repo_options(g: &GlobalArgs, env: &dyn Env) -> Result<RepoOptions> {
         exe.into_os_string(),
         "--home".into(),
         home.clone().into_os_string(),
-        "machine".into(),
-        "serve-lower".into(),
     ]);
     Ok(RepoOptions {
         home,
@@ -448,6 +448,7 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
         Cmd::Machine(MachineCmd::Up { name }) => Command::MachineUp(machine_name(name)?),
         Cmd::Machine(MachineCmd::Down { name }) => Command::MachineDown(machine_name(name)?),
         Cmd::Machine(MachineCmd::ServeLower { name }) => Command::ServeLower(machine_name(name)?),
+        Cmd::Machine(MachineCmd::HoldOverlay { name }) => Command::HoldOverlay(machine_name(name)?),
         Cmd::Machine(MachineCmd::List) => Command::MachineList,
         Cmd::Machine(MachineCmd::Show { name }) => Command::MachineShow(machine_name(name)?),
         Cmd::Machine(MachineCmd::Rm { name }) => Command::MachineRemove(machine_name(name)?),

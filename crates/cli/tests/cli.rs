@@ -7,5 +7,6 @@ mod crash;
 mod damage;
 mod errors;
 mod mounted;
+mod rootless;
 mod tour;
 mod util;

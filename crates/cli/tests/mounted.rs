@@ -224,7 +224,7 @@ fn base_of(env: &Env, name: &str) -> String {
     v["base"].as_str().expect("base").to_owned()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() {
         assert!(std::time::Instant::now() < deadline, "timed out: {what}");

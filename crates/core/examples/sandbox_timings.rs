@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             50,
         ),
     ] {
-        let mut child = spawn_sandboxed(&sh(script), &cg)?;
+        let mut child = spawn_sandboxed(&sh(script), Some(&cg))?;
         // bwrap, its reaper, and the command's processes.
         while cg.pids()?.len() < procs + 2 {
             std::thread::sleep(Duration::from_millis(5));
@@ -49,7 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut runs = Vec::new();
     for _ in 0..ROUNDS {
-        let mut cmd = sandboxed_command(&RunOptions::new(root.path(), "t", ["/bin/true"]), &cg)?;
+        let mut cmd =
+            sandboxed_command(&RunOptions::new(root.path(), "t", ["/bin/true"]), Some(&cg))?;
         let start = Instant::now();
         let status = cmd.stdin(Stdio::null()).status()?;
         runs.push(start.elapsed());

@@ -45,6 +45,7 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::MachineUp(name) => mounted::up(&repo, &p, &name)?,
         Command::MachineDown(name) => mounted::down(&repo, &p, &name)?,
         Command::ServeLower(name) => repo.serve_lower(&name)?,
+        Command::HoldOverlay(name) => repo.hold_overlay(&name)?,
         Command::Run { machine, spec } => return mounted::run(&repo, &p, &machine, &spec),
         Command::MachineList => machine::list(&repo, &p)?,
         Command::MachineShow(name) => machine::show(&repo, &p, &name)?,

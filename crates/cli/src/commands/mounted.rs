@@ -45,6 +45,13 @@ pub fn up(repo: &Repo, p: &Printer, name: &str) -> anyhow::Result<()> {
     } else {
         p.note(format!("{name} is up ({})", phases(&report.phases)));
     }
+    if let Some(reach) = &report.reach {
+        p.note(format!(
+            "without root, {name}'s root is mounted in a user namespace of its own: enter it \
+             with `cairn run {name} -- CMD` or `cairn shell {name}`; from the host it is at {}",
+            reach.display()
+        ));
+    }
     Ok(())
 }
 

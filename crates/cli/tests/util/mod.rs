@@ -128,6 +128,18 @@ impl TestCommand {
         self
     }
 
+    pub fn env(&mut self, key: &str, value: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Runs it as `uid`:`gid` with no supplementary groups (the tests run as root).
+    pub fn as_user(&mut self, uid: u32, gid: u32) -> &mut Self {
+        std::os::unix::process::CommandExt::uid(&mut self.cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut self.cmd, gid);
+        self
+    }
+
     /// Runs it with stdin closed and returns what happened, whatever it was.
     pub fn run(&mut self) -> Run {
         let out = self

@@ -8,7 +8,7 @@ use super::blobs::{BlobSource, BlobWriter};
 use super::ingest::{IngestOptions, ingest};
 use super::manifest::{self, CheckpointManifest};
 use super::statcache::StatCache;
-use super::upper::{TRUSTED_PREFIX, UpperBase};
+use super::upper::{TRUSTED_PREFIX, USER_PREFIX, UpperBase};
 use super::{EngineError, Progress, Repo, Result, now_ns};
 use crate::catalog::{CheckpointRow, MachineKind, MachineRow, NewCheckpoint};
 use crate::model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name};
@@ -110,6 +110,8 @@ impl Repo {
                 reason: format!("{e}; the machine's upper layer is missing"),
             })?;
             let src = BlobSource::new(&self.store, &self.catalog_path())?;
+            // Without root, the overlay is mounted in a user namespace (`rootless.rs`).
+            let owner = super::rootless::namespace_root();
             let opts = IngestOptions {
                 progress,
                 cache: &cache,
@@ -120,7 +122,11 @@ impl Repo {
                     root: base.root,
                     entries: base.entries,
                     logical: base.logical_bytes,
-                    xattr_prefix: TRUSTED_PREFIX,
+                    xattr_prefix: match owner {
+                        Some(_) => USER_PREFIX,
+                        None => TRUSTED_PREFIX,
+                    },
+                    owner,
                 }),
             };
             // The machine's processes stand still while its upper is read, so the checkpoint

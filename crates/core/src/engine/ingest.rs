@@ -155,15 +155,12 @@ pub(crate) fn ingest(
         };
         let walked = (|| {
             let root = Arc::new(root.try_clone()?);
-            let mut xattrs = root.read_dir_xattrs()?;
-            let base = match &opts.upper {
-                Some(up) => {
-                    xattrs = up.strip_xattrs(xattrs);
-                    Some(up.base_top()?)
-                }
-                None => None,
+            let xattrs = root.read_dir_xattrs()?;
+            let stat = root.stat_self()?;
+            let (root_meta, base) = match &opts.upper {
+                Some(up) => (up.meta(&stat, xattrs), Some(up.base_top()?)),
+                None => (meta_from_stat(&stat, xattrs), None),
             };
-            let root_meta = meta_from_stat(&root.stat_self()?, xattrs);
             walk.walk_dir(root, Vec::new(), root_meta, base)
         })();
         // Closing the queue lets the workers finish it and exit, so the scope can end.
@@ -327,7 +324,7 @@ impl Walk<'_> {
                 if let Some(t) = merge_base {
                     // The directory merges over the base one, which the base already counted.
                     up.refuse_unsupported(&xattrs, &child_path)?;
-                    let meta = meta_from_stat(&entry.stat, up.strip_xattrs(xattrs));
+                    let meta = up.meta(&entry.stat, xattrs);
                     let child = Arc::new(dir.open_dir(&entry.name)?);
                     let idx = self.walk_dir(child, child_path, meta, Some(t))?;
                     slots.push((entry.name, Slot::Dir(idx)));
@@ -341,7 +338,7 @@ impl Walk<'_> {
                 }
                 up.refuse_unsupported(&xattrs, &child_path)?;
                 self.layers.taken_from_upper(&child_path);
-                let meta = meta_from_stat(&entry.stat, up.strip_xattrs(xattrs));
+                let meta = up.meta(&entry.stat, xattrs);
                 if let Some(slot) = self.entry_slot_meta(&dir, &entry, &child_path, meta)? {
                     self.entries += 1;
                     slots.push((entry.name, slot));

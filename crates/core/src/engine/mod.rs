@@ -20,6 +20,7 @@ mod mount;
 mod mounted;
 mod repair;
 mod restore;
+mod rootless;
 mod run;
 mod statcache;
 mod updown;

@@ -504,7 +504,12 @@ impl Repo {
 
     /// True while the machine's overlay is mounted.
     pub(crate) fn is_up(&self, m: &MachineRow) -> bool {
-        m.kind == MachineKind::Mounted && is_overlay_at(&m.dir)
+        m.kind == MachineKind::Mounted
+            && if crate::sandbox::rootless() {
+                self.overlay_holder(m).is_some()
+            } else {
+                is_overlay_at(&m.dir)
+            }
     }
 }
 

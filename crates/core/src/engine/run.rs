@@ -29,9 +29,16 @@ pub struct RunStart {
 }
 
 impl Repo {
-    /// The cgroup of a machine's processes.
-    pub(crate) fn machine_cgroup(&self, m: &MachineRow) -> Result<Cgroup> {
-        Ok(Cgroup::open_or_create(&m.uid)?)
+    /// The cgroup of a machine's processes; none without root, where the machine's processes
+    /// are found by their user namespace instead (`rootless.rs`).
+    pub(crate) fn machine_cgroup(&self, m: &MachineRow) -> Result<Option<Cgroup>> {
+        if crate::sandbox::rootless() {
+            return Ok(None);
+        }
+        match Cgroup::open_or_create(&m.uid) {
+            Ok(cg) => Ok(Some(cg)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs a command inside the machine (bringing a mounted machine up first) and waits for
@@ -51,8 +58,9 @@ impl Repo {
             if m.kind == MachineKind::Mounted && !self.up_locked(&m)?.already_up {
                 brought_up = true;
             }
-            let cg = self.machine_cgroup(&m)?;
-            if cg.is_frozen()? {
+            if let Some(cg) = self.machine_cgroup(&m)?
+                && cg.is_frozen()?
+            {
                 // Left frozen by a checkpoint that died mid-way: we hold the lock, so no
                 // checkpoint is running now.
                 cg.thaw()?;
@@ -63,14 +71,36 @@ impl Repo {
         let mut opts = RunOptions::new(&m.dir, m.name.clone(), spec.argv.clone());
         opts.binds = spec.binds.clone();
         opts.interactive = spec.interactive;
+        if m.kind == MachineKind::Mounted && crate::sandbox::rootless() {
+            let holder = self.overlay_holder(&m).ok_or_else(|| {
+                super::EngineError::Invalid(format!(
+                    "machine {} went down before its command could start",
+                    m.name
+                ))
+            })?;
+            opts.namespaces = Some(std::sync::Arc::new(holder.namespaces()?));
+        }
         started(&RunStart { brought_up });
-        Ok(crate::sandbox::run_sandboxed(&opts, &cg)?)
+        Ok(crate::sandbox::run_sandboxed(&opts, cg.as_ref())?)
     }
 
     /// Freezes a machine's processes, if it has any, for a consistent read of its upper.
     pub(crate) fn freeze_machine(&self, m: &MachineRow) -> Result<Option<Frozen>> {
         if m.kind != MachineKind::Mounted || !self.is_up(m) {
             return Ok(None);
+        }
+        if crate::sandbox::rootless() {
+            let Some(holder) = self.overlay_holder(m) else {
+                return Ok(None);
+            };
+            if holder.members().is_empty() {
+                return Ok(None);
+            }
+            let f = holder.freeze_members(DEFAULT_FREEZE_TIMEOUT)?;
+            return Ok(Some(Frozen {
+                took: f.took,
+                by: FrozenBy::Signals(f),
+            }));
         }
         let cg = match Cgroup::open_or_create(&m.uid) {
             Ok(cg) => cg,
@@ -82,11 +112,20 @@ impl Repo {
             return Ok(None);
         }
         let took = cg.freeze(DEFAULT_FREEZE_TIMEOUT)?;
-        Ok(Some(Frozen { cg, took }))
+        Ok(Some(Frozen {
+            by: FrozenBy::Cgroup(cg),
+            took,
+        }))
     }
 
     /// Stops every process of the machine (before unmounting it).
     pub(crate) fn kill_machine_processes(&self, m: &MachineRow) -> Result<usize> {
+        if crate::sandbox::rootless() {
+            return match self.overlay_holder(m) {
+                Some(h) => Ok(h.kill_members(Duration::from_secs(10))?),
+                None => Ok(0),
+            };
+        }
         let cg = match Cgroup::open_or_create(&m.uid) {
             Ok(cg) => cg,
             Err(crate::sandbox::SandboxError::NoFreezer) => return Ok(0),
@@ -101,14 +140,22 @@ impl Repo {
 
 /// A machine's processes, frozen until this is dropped.
 pub(crate) struct Frozen {
-    cg: Cgroup,
+    by: FrozenBy,
     /// How long the freeze took to take hold.
     pub took: Duration,
 }
 
+enum FrozenBy {
+    Cgroup(Cgroup),
+    /// Without root: stopped by SIGSTOP, continued by SIGCONT when dropped.
+    Signals(#[allow(dead_code)] crate::sandbox::SignalFreeze),
+}
+
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if let Err(e) = self.cg.thaw() {
+        if let FrozenBy::Cgroup(cg) = &self.by
+            && let Err(e) = cg.thaw()
+        {
             tracing::warn!("could not thaw the machine's processes: {e}");
         }
     }

@@ -12,7 +12,7 @@
 use super::{EngineError, Phase, Repo, Result};
 use crate::catalog::{MachineKind, MachineRow};
 use crate::mount::{MountOptions, MountedView, mount_at};
-use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::mount::UnmountFlags;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 /// How `machine up` serves a machine's lower layer.
 #[derive(Clone, Debug, Default)]
 pub enum LowerServer {
-    /// Run this command with the machine name appended, detached; it serves until the view
-    /// is unmounted. The CLI passes `cairn --home HOME machine serve-lower`.
+    /// This command, which runs cairn on the same home (the CLI passes `cairn --home HOME`),
+    /// detached with `machine serve-lower NAME` appended; it serves until the view is
+    /// unmounted. Without root, `machine hold-overlay NAME` also runs from it
+    /// (`rootless.rs`).
     Process(Vec<OsString>),
     /// Serve from threads of this process; the view ends with it.
     #[default]
@@ -38,6 +40,10 @@ pub struct UpReport {
     /// What was found and cleaned: stale mounts left by a server that died, and the like.
     pub recovered: Vec<String>,
     pub phases: Vec<Phase>,
+    /// Without root the overlay is in a namespace of its own: where the host reaches the
+    /// machine's root (below `/proc/PID/root`) while it is up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reach: Option<PathBuf>,
 }
 
 /// What `machine down` did.
@@ -131,15 +137,24 @@ impl Repo {
             already_up: false,
             recovered: Vec::new(),
             phases: Vec::new(),
+            reach: None,
         };
         let overlay_up = self.is_up(m);
         if overlay_up && Self::lower_healthy(&l.lower) {
             report.already_up = true;
+            report.reach = self
+                .overlay_holder(m)
+                .map(|h| crate::sandbox::path_from_host(&h, &m.dir));
             return Ok(report);
         }
         let t = Instant::now();
         if overlay_up {
-            detach(&m.dir)?;
+            match self.overlay_holder(m) {
+                Some(h) => {
+                    self.stop_holder(m, &h)?;
+                }
+                None => detach(&m.dir)?,
+            }
             report.recovered.push(format!(
                 "the overlay at {} was over a lower layer whose server had stopped; it was \
                  detached (the upper layer, with every write, is kept)",
@@ -208,23 +223,22 @@ impl Repo {
             path: m.dir.clone(),
             source,
         })?;
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
-            escape_opt(&l.lower),
-            escape_opt(&l.upper),
-            escape_opt(&l.work)
-        );
-        if let Err(e) = rustix::mount::mount(
-            "overlay",
-            &m.dir,
-            "overlay",
-            MountFlags::empty(),
-            Some(
-                std::ffi::CString::new(opts.clone())
-                    .map_err(|_| EngineError::Invalid("a machine path holds NUL".to_owned()))?
-                    .as_c_str(),
-            ),
-        ) {
+        let rootless = crate::sandbox::rootless();
+        let mounted = if rootless {
+            self.start_holder(m).map(|h| {
+                report.reach = Some(crate::sandbox::path_from_host(&h, &m.dir));
+            })
+        } else {
+            let opts = super::rootless::overlay_options(&l, false);
+            super::rootless::mount_overlay(&m.dir, &opts).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
+                     namespace) and a kernel with overlay support; options were {opts}",
+                    m.dir.display()
+                ))
+            })
+        };
+        if let Err(e) = mounted {
             // The view can die between answering and the overlay's mount (its server was
             // killed): then overlayfs is not what failed, and up again is the cure.
             let lower_died = !Self::lower_healthy(&l.lower);
@@ -240,11 +254,7 @@ impl Repo {
                     l.state.join("lower.log").display()
                 )));
             }
-            return Err(EngineError::Invalid(format!(
-                "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
-                 namespace) and a kernel with overlay support; options were {opts}",
-                m.dir.display()
-            )));
+            return Err(e);
         }
         report.phases.push(Phase::since("overlay", t));
         Ok(report)
@@ -264,22 +274,27 @@ impl Repo {
                 report.phases.push(Phase::since("stop processes", t));
             }
             let t = Instant::now();
-            match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::BUSY) => {
-                    return Err(EngineError::Invalid(format!(
-                        "machine {} is busy: a process has its working directory or an open \
-                         file inside {}; stop it and try again",
-                        m.name,
-                        m.dir.display()
-                    )));
+            match self.overlay_holder(m) {
+                Some(h) => {
+                    self.stop_holder(m, &h)?;
                 }
-                Err(e) => {
-                    return Err(EngineError::Invalid(format!(
-                        "could not unmount {}: {e}",
-                        m.dir.display()
-                    )));
-                }
+                None => match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::BUSY) => {
+                        return Err(EngineError::Invalid(format!(
+                            "machine {} is busy: a process has its working directory or an \
+                             open file inside {}; stop it and try again",
+                            m.name,
+                            m.dir.display()
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(EngineError::Invalid(format!(
+                            "could not unmount {}: {e}",
+                            m.dir.display()
+                        )));
+                    }
+                },
             }
             report.phases.push(Phase::since("overlay", t));
         }
@@ -305,32 +320,8 @@ impl Repo {
             }
             LowerServer::Process(argv) => {
                 let log_path = self.layout(m).state.join("lower.log");
-                let log = std::fs::File::create(&log_path).map_err(|source| EngineError::Io {
-                    op: "create",
-                    path: log_path.clone(),
-                    source,
-                })?;
-                let (prog, args) = argv
-                    .split_first()
-                    .ok_or_else(|| EngineError::Invalid("no lower server command".to_owned()))?;
-                let mut cmd = std::process::Command::new(prog);
-                cmd.args(args)
-                    .arg(&m.name)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(log.try_clone().map_err(|source| EngineError::Io {
-                        op: "open",
-                        path: log_path.clone(),
-                        source,
-                    })?)
-                    .stderr(log);
-                // Its own process group: a Ctrl-C meant for the command that started it must
-                // not take the machine's file system down with it.
-                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-                let mut child = cmd.spawn().map_err(|source| EngineError::Io {
-                    op: "start the lower layer server",
-                    path: PathBuf::from(prog),
-                    source,
-                })?;
+                let mut child =
+                    super::rootless::spawn_detached(argv, "serve-lower", &m.name, &log_path)?;
                 let deadline = Instant::now() + SERVER_START;
                 let want = lower_name(m, root);
                 loop {
@@ -426,11 +417,15 @@ fn lower_name(m: &MachineRow, root: crate::model::TreeId) -> String {
     format!("{}@base.{}", m.name, root.to_hex())
 }
 
-/// A lower layer serves a machine: its setuid programs and device nodes must work.
+/// A lower layer serves a machine: its setuid programs and device nodes must work. Without
+/// root, only the user's own processes use it (`fusermount3` would refuse the rest), and its
+/// root files are the user's (see `rootless.rs`).
 fn lower_options() -> MountOptions {
+    let namespace_root = super::rootless::namespace_root();
     MountOptions {
-        allow_other: true,
-        devices_and_setuid: true,
+        allow_other: namespace_root.is_none(),
+        devices_and_setuid: namespace_root.is_none(),
+        root_owner: namespace_root,
         ..MountOptions::default()
     }
 }
@@ -440,20 +435,19 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn detach(path: &Path) -> Result<()> {
+    if crate::sandbox::rootless() {
+        // Only a view can be in the host's mount table then, and only `fusermount3` may
+        // unmount it.
+        return crate::mount::detach(path)
+            .map(|_| ())
+            .map_err(EngineError::from);
+    }
     rustix::mount::unmount(path, UnmountFlags::DETACH).map_err(|e| {
         EngineError::Invalid(format!(
             "could not detach the stale mount {}: {e}",
             path.display()
         ))
     })
-}
-
-/// Overlay options are comma-separated and `:` separates lower layers; escape both.
-fn escape_opt(p: &Path) -> String {
-    let s = p.display().to_string();
-    s.replace('\\', "\\\\")
-        .replace(',', "\\,")
-        .replace(':', "\\:")
 }
 
 /// Keeps in-process views alive for as long as the `Repo`.

@@ -27,8 +27,8 @@
 use super::blobs::{BlobSource, BlobWriter};
 use super::restore::{lookup_path, root_node};
 use super::{EngineError, Result, join_path};
-use crate::model::{Content, Entry, Node, Tree, TreeId, Xattr};
-use crate::rootfs::{FileKind, ScanEntry};
+use crate::model::{Content, Entry, Meta, Node, Tree, TreeId, Xattr};
+use crate::rootfs::{FileKind, ScanEntry, Stat, meta_from_stat};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -48,6 +48,9 @@ pub(crate) struct UpperBase<'a> {
     pub logical: u64,
     /// `TRUSTED_PREFIX` or `USER_PREFIX`.
     pub xattr_prefix: &'static [u8],
+    /// The host uid and gid that are root in the overlay's user namespace, when it has one:
+    /// the upper's files of that owner are root's (`rootless.rs`).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl UpperBase<'_> {
@@ -79,6 +82,21 @@ impl UpperBase<'_> {
         xattrs
             .iter()
             .any(|x| self.private(&x.name).as_deref() == Some(b"opaque") && x.value == b"y")
+    }
+
+    /// The metadata of an upper entry as the machine sees it: overlay-private xattrs dropped
+    /// (`strip_xattrs`) and, in a user namespace, its root's host ids turned back into 0.
+    pub(crate) fn meta(&self, stat: &Stat, xattrs: Vec<Xattr>) -> Meta {
+        let mut meta = meta_from_stat(stat, self.strip_xattrs(xattrs));
+        if let Some((uid, gid)) = self.owner {
+            if meta.uid == uid {
+                meta.uid = 0;
+            }
+            if meta.gid == gid {
+                meta.gid = 0;
+            }
+        }
+        meta
     }
 
     /// Drops overlay-private xattrs and unescapes escaped ones; the result stays sorted.

@@ -36,6 +36,8 @@ pub(super) struct ViewFs {
     /// only a subtree.
     top: Node,
     requests: Arc<Requests>,
+    /// The host ids that uid 0 and gid 0 of the tree show as (`MountOptions::root_owner`).
+    root_owner: Option<(u32, u32)>,
 }
 
 impl ViewFs {
@@ -54,7 +56,14 @@ impl ViewFs {
             inodes: Inodes::with_root(path, root),
             top,
             requests,
+            root_owner: None,
         }
+    }
+
+    /// Shows the tree's uid 0 and gid 0 as `uid` and `gid`.
+    pub(super) fn with_root_owner(mut self, owner: Option<(u32, u32)>) -> ViewFs {
+        self.root_owner = owner;
+        self
     }
 
     fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
@@ -160,8 +169,14 @@ impl ViewFs {
             kind,
             perm: (m.mode & 0o7777) as u16,
             nlink: nlink.max(1),
-            uid: m.uid,
-            gid: m.gid,
+            uid: match self.root_owner {
+                Some((uid, _)) if m.uid == 0 => uid,
+                _ => m.uid,
+            },
+            gid: match self.root_owner {
+                Some((_, gid)) if m.gid == 0 => gid,
+                _ => m.gid,
+            },
             rdev,
             blksize: BLOCK,
             flags: 0,

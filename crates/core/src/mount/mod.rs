@@ -18,8 +18,8 @@ mod mounts;
 mod xattrscan;
 
 pub(crate) use mounts::fsname;
-pub(crate) use mounts::mount_at;
 pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
+pub(crate) use mounts::{mount_at, mount_in};
 
 use crate::catalog::CatalogError;
 use crate::model::Node;
@@ -85,6 +85,11 @@ pub enum MountError {
     NoFuseDevice,
     #[error("fusermount3 was not found; install fuse3 (`apt-get install fuse3`), or run as root")]
     NoFusermount,
+    #[error(
+        "/dev/fuse is not readable and writable by this user; without root a FUSE view needs \
+         it to be (Debian's udev rules make it mode 0666: `chmod 0666 /dev/fuse`)"
+    )]
+    NoFuseAccess,
     #[error("mount a FUSE view at {}: {source}", path.display())]
     Mount {
         path: PathBuf,
@@ -115,6 +120,10 @@ pub struct MountOptions {
     pub threads: usize,
     /// Bound of the decompressed-chunk cache, in bytes.
     pub chunk_cache_bytes: usize,
+    /// Show the tree's uid 0 and gid 0 as these host ids. The lower layer of a machine run
+    /// without root needs it: its user namespace maps only the user to root, so a file of the
+    /// tree's root must be the user's on the host to be root's inside.
+    pub root_owner: Option<(u32, u32)>,
 }
 
 impl Default for MountOptions {
@@ -125,6 +134,7 @@ impl Default for MountOptions {
             devices_and_setuid: false,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             chunk_cache_bytes: 64 << 20,
+            root_owner: None,
         }
     }
 }
@@ -272,7 +282,8 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
         spec.path.join(&b'/'),
         spec.root,
         Arc::clone(&requests),
-    );
+    )
+    .with_root_owner(opts.root_owner);
     use fuser::MountOption as O;
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -130,8 +130,19 @@ pub(super) fn check_fuse_available() -> Result<()> {
     if !Path::new("/dev/fuse").exists() {
         return Err(MountError::NoFuseDevice);
     }
-    if !is_root() && find_fusermount().is_none() {
-        return Err(MountError::NoFusermount);
+    if !is_root() {
+        if find_fusermount().is_none() {
+            return Err(MountError::NoFusermount);
+        }
+        // The FUSE library opens the device itself before it asks `fusermount3` to mount.
+        if rustix::fs::access(
+            "/dev/fuse",
+            rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+        )
+        .is_err()
+        {
+            return Err(MountError::NoFuseAccess);
+        }
     }
     Ok(())
 }
@@ -191,10 +202,15 @@ fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
 pub(crate) fn mount_at(abs: &Path) -> Result<Option<MountEntry>> {
     let info = Path::new("/proc/self/mountinfo");
     let text = std::fs::read(info).map_err(io_err("read", info))?;
-    Ok(parse_mountinfo(&text)
+    Ok(mount_in(&text, abs))
+}
+
+/// The topmost mount at `abs` in the mount table `mountinfo` (another process's).
+pub(crate) fn mount_in(mountinfo: &[u8], abs: &Path) -> Option<MountEntry> {
+    parse_mountinfo(mountinfo)
         .into_iter()
         .rev()
-        .find(|m| m.mountpoint == abs))
+        .find(|m| m.mountpoint == abs)
 }
 
 /// Every mountpoint at or below `dir`, deepest first (each at most once).

@@ -25,7 +25,7 @@ mod tests;
 mod testutil;
 
 pub use apply::{ApplyOptions, set_meta_fd};
-pub use fs::{Dir, FileKind, ScanEntry, data_regions, meta_from_stat};
+pub use fs::{Dir, FileKind, ScanEntry, Stat, data_regions, meta_from_stat};
 #[cfg(test)]
 pub use tar_export::export_tar;
 pub use tar_export::{TreeSource, export_dir_tar};

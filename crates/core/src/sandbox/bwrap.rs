@@ -12,6 +12,7 @@
 //! needs, see `KEPT_CAPS`. bubblewrap also sets no_new_privs, so no exec can gain more.
 
 use super::cgroup::Cgroup;
+use super::userns::Namespaces;
 use super::{Result, SandboxError};
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
@@ -83,6 +84,9 @@ pub struct RunOptions {
     /// process inside can then also push input into that terminal (TIOCSTI) on kernels that
     /// still allow it. False: the command runs in a new session without a controlling terminal.
     pub interactive: bool,
+    /// The namespaces of a machine run without root (`userns.rs`): the command joins them
+    /// before bubblewrap starts, so `root` is looked up in the holder's mount namespace.
+    pub namespaces: Option<std::sync::Arc<Namespaces>>,
 }
 
 impl RunOptions {
@@ -100,6 +104,7 @@ impl RunOptions {
             hostname: hostname.into(),
             binds: Vec::new(),
             interactive: false,
+            namespaces: None,
         }
     }
 }
@@ -120,7 +125,7 @@ impl RunOptions {
 /// survive a SIGINT that reaches it, and its exit SIGKILLs whatever is left in the sandbox: a
 /// non-interactive command (its own session, so the terminal's SIGINT misses it) or one that
 /// catches SIGINT to clean up is therefore ended by that SIGKILL.
-pub fn run_sandboxed(opts: &RunOptions, cgroup: &Cgroup) -> Result<ExitStatus> {
+pub fn run_sandboxed(opts: &RunOptions, cgroup: Option<&Cgroup>) -> Result<ExitStatus> {
     let mut cmd = sandboxed_command(opts, cgroup)?;
     // Before the fork, so that a Ctrl-C right after it cannot kill this process.
     let _ignoring = IgnoreInterrupts::start();
@@ -131,7 +136,7 @@ pub fn run_sandboxed(opts: &RunOptions, cgroup: &Cgroup) -> Result<ExitStatus> {
 /// Starts the command and returns at once. The caller handles signals and waits; the sandbox
 /// dies with the thread that spawned it (bubblewrap's `--die-with-parent` is bound to the
 /// parent thread), so spawn from a thread that outlives the command.
-pub fn spawn_sandboxed(opts: &RunOptions, cgroup: &Cgroup) -> Result<Child> {
+pub fn spawn_sandboxed(opts: &RunOptions, cgroup: Option<&Cgroup>) -> Result<Child> {
     let mut cmd = sandboxed_command(opts, cgroup)?;
     cmd.spawn().map_err(|e| spawn_error(&cmd, cgroup, e))
 }
@@ -142,15 +147,21 @@ pub fn spawn_sandboxed(opts: &RunOptions, cgroup: &Cgroup) -> Result<Child> {
 /// never miss a process that was already running. (Writing the pid from the parent after spawn
 /// would leave a window in which the command runs, and forks, outside it.) Spawning into a
 /// frozen cgroup therefore blocks until it is thawed: the child stops as it joins.
-pub fn sandboxed_command(opts: &RunOptions, cgroup: &Cgroup) -> Result<Command> {
+pub fn sandboxed_command(opts: &RunOptions, cgroup: Option<&Cgroup>) -> Result<Command> {
     validate(opts)?;
     let bwrap = find_bwrap()?;
-    let procs = CString::new(cgroup.procs_file().into_os_string().into_vec()).map_err(|_| {
-        SandboxError::BadOption(format!(
-            "cgroup path {} contains a NUL byte",
-            cgroup.path().display()
-        ))
-    })?;
+    let procs = match cgroup {
+        Some(cg) => Some(
+            CString::new(cg.procs_file().into_os_string().into_vec()).map_err(|_| {
+                SandboxError::BadOption(format!(
+                    "cgroup path {} contains a NUL byte",
+                    cg.path().display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let namespaces = opts.namespaces.clone();
     let mut cmd = Command::new(bwrap);
     cmd.args(bwrap_args(opts))
         .env_clear()
@@ -158,21 +169,30 @@ pub fn sandboxed_command(opts: &RunOptions, cgroup: &Cgroup) -> Result<Command> 
         .current_dir("/");
     // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
     // calls are allowed; `enter_cgroup` makes only signal, open, write and close calls on a
-    // path allocated before the fork.
+    // path allocated before the fork, and `Namespaces::enter` only setns on fds opened before.
     unsafe {
-        cmd.pre_exec(move || enter_cgroup(&procs));
+        cmd.pre_exec(move || {
+            enter_cgroup(procs.as_deref())?;
+            match &namespaces {
+                Some(ns) => ns.enter(),
+                None => Ok(()),
+            }
+        });
     }
     Ok(cmd)
 }
 
 /// In the child between fork and exec: restore default Ctrl-C handling (`run_sandboxed`
 /// ignores it in the parent) and move this process into the cgroup (`0` means the writer).
-fn enter_cgroup(procs: &CStr) -> std::io::Result<()> {
+fn enter_cgroup(procs: Option<&CStr>) -> std::io::Result<()> {
     // SAFETY: signal, open, write and close are async-signal-safe; `procs` is a valid C string
     // and the fd is closed on every path.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+        let Some(procs) = procs else {
+            return Ok(());
+        };
         let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
@@ -187,10 +207,13 @@ fn enter_cgroup(procs: &CStr) -> std::io::Result<()> {
     Ok(())
 }
 
-fn spawn_error(cmd: &Command, cgroup: &Cgroup, source: std::io::Error) -> SandboxError {
+fn spawn_error(cmd: &Command, cgroup: Option<&Cgroup>, source: std::io::Error) -> SandboxError {
     SandboxError::Spawn {
         program: PathBuf::from(cmd.get_program()),
-        cgroup: cgroup.path().to_owned(),
+        where_: match cgroup {
+            Some(cg) => format!("in cgroup {}", cg.path().display()),
+            None => "without a cgroup".to_owned(),
+        },
         source,
     }
 }

@@ -73,13 +73,13 @@ pub enum SandboxError {
     #[error("invalid run option: {0}")]
     BadOption(String),
     #[error(
-        "could not start {} in cgroup {}: {source}",
-        program.display(),
-        cgroup.display()
+        "could not start {} ({where_}): {source}",
+        program.display()
     )]
     Spawn {
         program: PathBuf,
-        cgroup: PathBuf,
+        /// The cgroup it was to join, or that it had none.
+        where_: String,
         #[source]
         source: std::io::Error,
     },

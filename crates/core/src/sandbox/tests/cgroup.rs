@@ -108,7 +108,7 @@ impl Drop for V1Freezer {
 
 /// Starts `script` in the background inside `root`, in `cg`.
 fn start(root: &MiniRoot, cg: &Cgroup, script: &str) -> Child {
-    spawn_sandboxed(&root.sh(script), cg).expect("spawn")
+    spawn_sandboxed(&root.sh(script), Some(cg)).expect("spawn")
 }
 
 #[test]

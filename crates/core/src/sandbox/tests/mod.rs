@@ -107,7 +107,7 @@ impl Drop for TestCgroup {
 
 /// Runs `opts` in `cgroup` with captured output.
 pub(super) fn output(opts: &RunOptions, cgroup: &Cgroup) -> Output {
-    super::sandboxed_command(opts, cgroup)
+    super::sandboxed_command(opts, Some(cgroup))
         .expect("command")
         .output()
         .expect("run bwrap")

@@ -14,9 +14,13 @@ fn exit_code_and_stdout_come_through() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 
     // run_sandboxed inherits stdio and returns the same status.
-    let status = run_sandboxed(&root.sh("exit 3"), &cg).expect("run");
+    let status = run_sandboxed(&root.sh("exit 3"), Some(&*cg)).expect("run");
     assert_eq!(status.code(), Some(3));
-    assert!(run_sandboxed(&root.sh("true"), &cg).expect("run").success());
+    assert!(
+        run_sandboxed(&root.sh("true"), Some(&*cg))
+            .expect("run")
+            .success()
+    );
 }
 
 #[test]
@@ -127,7 +131,8 @@ fn bwrap_gets_no_host_path_but_the_root_the_binds_and_read_only_proc() {
 fn bad_options_are_refused_before_bwrap_starts() {
     let root = MiniRoot::new();
     let cg = TestCgroup::new("bad");
-    let refused = |opts: &RunOptions| crate::sandbox::sandboxed_command(opts, &cg).unwrap_err();
+    let refused =
+        |opts: &RunOptions| crate::sandbox::sandboxed_command(opts, Some(&*cg)).unwrap_err();
 
     let mut o = root.sh("true");
     o.root = "/".into();
@@ -187,7 +192,8 @@ fn the_command_does_not_inherit_the_ignored_ctrl_c() {
     let root = MiniRoot::new();
     let cg = TestCgroup::new("sigint");
     // run_sandboxed ignores SIGINT and SIGQUIT in this process while it waits.
-    let status = run_sandboxed(&root.sh("cat /proc/self/status > /tmp/status"), &cg).expect("run");
+    let status =
+        run_sandboxed(&root.sh("cat /proc/self/status > /tmp/status"), Some(&*cg)).expect("run");
     assert!(status.success());
     let text = fs::read_to_string(root.path().join("tmp/status")).expect("status");
     let ignored = text

@@ -1,0 +1,218 @@
+//! A mounted machine run by an ordinary user: every command below runs as `nobody`, with a
+//! home that user owns. The view is mounted through `fusermount3`, the overlay in a user
+//! namespace held by `machine hold-overlay`, and the machine's processes join it.
+
+use crate::util::{Env, TestCommand};
+use serde_json::Value;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const NOBODY: u32 = 65534;
+
+/// `cairn ARGS…` as `nobody`, with the env's home.
+fn as_nobody<const N: usize>(env: &Env, args: [&str; N]) -> TestCommand {
+    let mut t = env.cairn(args);
+    t.as_user(NOBODY, NOBODY).env("HOME", env.root());
+    t
+}
+
+/// `cairn run box -- sh -c SCRIPT` as `nobody`.
+fn sh_in_box(env: &Env, script: &str) -> TestCommand {
+    as_nobody(env, ["run", "box", "--", "sh", "-c", script])
+}
+
+/// A machine root of a few host binaries with their libraries, and `/etc/hostname`.
+fn mini_root(dir: &Path) {
+    for d in ["bin", "etc", "tmp", "proc", "dev", "usr/lib"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("etc/hostname"), "box\n").unwrap();
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(dir.join("usr/lib/old"), "old\n").unwrap();
+    for name in ["sh", "cat", "id", "rm", "mkdir", "sleep", "stat"] {
+        let host = std::fs::canonicalize(Path::new("/bin").join(name)).unwrap();
+        std::fs::copy(&host, dir.join("bin").join(name)).unwrap();
+        let out = std::process::Command::new("ldd")
+            .arg(&host)
+            .output()
+            .unwrap();
+        for lib in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let dest = dir.join(&lib[1..]);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+    }
+}
+
+fn kinds(diff: &Value) -> Vec<(String, String)> {
+    diff.as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] != "M" || c["what"] != serde_json::json!(["mtime"]))
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_owned(),
+                c["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn shows_overlay_at(mountinfo: &str, at: &Path) -> bool {
+    let at = at.display().to_string();
+    mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == at && l.contains(" - overlay ")
+    })
+}
+
+#[test]
+fn a_mounted_machine_without_root() {
+    let fuse = std::fs::metadata("/dev/fuse").expect("/dev/fuse");
+    assert_eq!(
+        fuse.mode() & 0o666,
+        0o666,
+        "a FUSE view without root needs /dev/fuse mode 0666, as Debian's udev makes it \
+         (test.sh sets it on hosts without udev)"
+    );
+    let env = Env::new();
+    std::fs::set_permissions(
+        env.root(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let src = env.path("src");
+    mini_root(&src);
+    std::fs::create_dir(env.home()).unwrap();
+    std::os::unix::fs::chown(env.home(), Some(NOBODY), Some(NOBODY)).unwrap();
+    as_nobody(&env, ["machine", "create", "web", "--dir"])
+        .arg(&src)
+        .ok();
+    as_nobody(&env, ["checkpoint", "create", "web"]).ok();
+    let made = as_nobody(
+        &env,
+        ["machine", "create", "box", "--mounted", "--from", "web@v1"],
+    )
+    .json();
+    let at = PathBuf::from(made["at"].as_str().unwrap());
+
+    let up = as_nobody(&env, ["machine", "up", "box"]).json();
+    let reach = PathBuf::from(up["reach"].as_str().expect("reach"));
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !shows_overlay_at(&host_mounts, &at),
+        "the overlay is in the holder's namespace, not the host's"
+    );
+    assert_eq!(
+        std::fs::read_to_string(reach.join("etc/hostname")).unwrap(),
+        "box\n",
+        "the host reaches the machine's root below /proc/PID/root"
+    );
+    assert_eq!(
+        as_nobody(&env, ["machine", "show", "box"]).json()["up"],
+        true
+    );
+
+    // Inside, the user is root, and the base's root-owned files are root's.
+    let run = sh_in_box(
+        &env,
+        "id -u; stat -c %u /etc/hostname; cat /etc/hostname; echo new > /etc/hostname; \
+         rm /etc/passwd; rm -r /usr/lib; mkdir -p /usr/lib /srv; echo n > /usr/lib/new; \
+         echo s > /srv/s; exit 3",
+    )
+    .code(3);
+    assert_eq!(run.stdout(), "0\n0\nbox\n");
+    let upper_file = std::fs::metadata(reach.join("srv/s")).unwrap();
+    assert_eq!(
+        upper_file.uid(),
+        NOBODY,
+        "what the machine's root writes is the user's on the host"
+    );
+
+    // The checkpoint reads the upper: a whiteout, an opaque directory (`user.overlay.opaque`)
+    // and new files, all root's.
+    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+    let diff = as_nobody(&env, ["diff", "box@v1", "box@v2"]).json();
+    let mut got = kinds(&diff);
+    got.sort();
+    let want: Vec<(String, String)> = [
+        ("A", "/srv"),
+        ("A", "/srv/s"),
+        ("A", "/usr/lib/new"),
+        ("D", "/etc/passwd"),
+        ("D", "/usr/lib/old"),
+        ("M", "/etc/hostname"),
+    ]
+    .iter()
+    .map(|(k, p)| (k.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(got, want, "{diff}");
+    let hostname = as_nobody(&env, ["cat", "box@v2:/etc/hostname"]).ok();
+    assert_eq!(hostname.stdout(), "new\n");
+    let exported = env.home().join("v2.tar");
+    as_nobody(&env, ["export", "box@v2", "-o"])
+        .arg(&exported)
+        .ok();
+    let listing = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let srv = listing
+        .lines()
+        .find(|l| l.ends_with("srv/s"))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(srv.contains(" 0/0 "), "recorded as root's: {srv}");
+
+    // A running process is frozen for the checkpoint, and stopped by a restore.
+    let mut busy = sh_in_box(&env, "while :; do echo x >> /tmp/log; sleep 0.01; done").spawn();
+    crate::mounted::wait_until("the loop writes", || {
+        std::fs::metadata(reach.join("tmp/log")).is_ok()
+    });
+    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+    let phases: Vec<&str> = c["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(phases.contains(&"freeze"), "{c}");
+    let r = as_nobody(&env, ["restore", "box@v1"]).json();
+    assert_eq!(r["undo"], "box@v4", "{r}");
+    let busy = busy.wait().unwrap();
+    assert!(!busy.success(), "the restore stopped the machine's process");
+    let run = as_nobody(
+        &env,
+        ["run", "box", "--", "cat", "/etc/hostname", "/etc/passwd"],
+    )
+    .ok();
+    assert_eq!(run.stdout(), "box\nroot:x:0:0::/root:/bin/sh\n");
+
+    let pid_file = std::fs::read_dir(env.home().join("machines"))
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path().join("overlay.pid")))
+        .find(|p| p.exists())
+        .expect("the holder's pid file");
+    let holder = std::fs::read_to_string(pid_file).unwrap();
+    as_nobody(&env, ["machine", "down", "box"]).ok();
+    assert_eq!(
+        as_nobody(&env, ["machine", "show", "box"]).json()["up"],
+        false
+    );
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(&env.home().display().to_string()),
+        "down leaves no view mounted: {host_mounts}"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", holder.trim()));
+    assert!(
+        state.as_ref().map_or(true, |s| s.contains(") Z ")),
+        "down ends the holder: {state:?}"
+    );
+    as_nobody(&env, ["check", "--read-data"]).ok();
+}
