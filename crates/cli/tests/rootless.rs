@@ -69,8 +69,9 @@ fn shows_overlay_at(mountinfo: &str, at: &Path) -> bool {
     })
 }
 
-#[test]
-fn a_mounted_machine_without_root() {
+/// An env whose home is `nobody`'s, holding directory machine `web` (a mini root, web@v1)
+/// and mounted machine `box` over web@v1; returns the env and box's path.
+fn nobody_box() -> (Env, PathBuf) {
     let fuse = std::fs::metadata("/dev/fuse").expect("/dev/fuse");
     assert_eq!(
         fuse.mode() & 0o666,
@@ -98,7 +99,31 @@ fn a_mounted_machine_without_root() {
     )
     .json();
     let at = PathBuf::from(made["at"].as_str().unwrap());
+    (env, at)
+}
 
+/// The pid in box's `overlay.pid`.
+fn holder_pid(env: &Env) -> i32 {
+    let pid_file = std::fs::read_dir(env.home().join("machines"))
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path().join("overlay.pid")))
+        .find(|p| p.exists())
+        .expect("the holder's pid file");
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// True once `pid` has exited (a zombie has).
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+}
+
+#[test]
+fn a_mounted_machine_without_root() {
+    let (env, at) = nobody_box();
     let up = as_nobody(&env, ["machine", "up", "box"]).json();
     let reach = PathBuf::from(up["reach"].as_str().expect("reach"));
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -193,12 +218,7 @@ fn a_mounted_machine_without_root() {
     .ok();
     assert_eq!(run.stdout(), "box\nroot:x:0:0::/root:/bin/sh\n");
 
-    let pid_file = std::fs::read_dir(env.home().join("machines"))
-        .unwrap()
-        .filter_map(|e| Some(e.ok()?.path().join("overlay.pid")))
-        .find(|p| p.exists())
-        .expect("the holder's pid file");
-    let holder = std::fs::read_to_string(pid_file).unwrap();
+    let holder = holder_pid(&env);
     as_nobody(&env, ["machine", "down", "box"]).ok();
     assert_eq!(
         as_nobody(&env, ["machine", "show", "box"]).json()["up"],
@@ -209,10 +229,65 @@ fn a_mounted_machine_without_root() {
         !host_mounts.contains(&env.home().display().to_string()),
         "down leaves no view mounted: {host_mounts}"
     );
-    let state = std::fs::read_to_string(format!("/proc/{}/stat", holder.trim()));
-    assert!(
-        state.as_ref().map_or(true, |s| s.contains(") Z ")),
-        "down ends the holder: {state:?}"
-    );
+    assert!(gone(holder), "down ends the holder");
     as_nobody(&env, ["check", "--read-data"]).ok();
+}
+
+#[test]
+fn a_killed_holder_or_view_server_is_recovered_without_root() {
+    let (env, _at) = nobody_box();
+    as_nobody(&env, ["machine", "up", "box"]).ok();
+    sh_in_box(&env, "echo kept > /etc/motd").ok();
+
+    // The holder dies: the machine is down, and up makes a new one over the same view.
+    let holder = holder_pid(&env);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(holder).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    crate::mounted::wait_until("the holder dies", || gone(holder));
+    assert_eq!(
+        as_nobody(&env, ["machine", "show", "box"]).json()["up"],
+        false
+    );
+    let up = as_nobody(&env, ["machine", "up", "box"]).json();
+    let recovered = up["recovered"].to_string();
+    assert!(recovered.contains("was kept"), "{up}");
+    assert_ne!(holder_pid(&env), holder);
+    assert_eq!(sh_in_box(&env, "cat /etc/motd").ok().stdout(), "kept\n");
+
+    // The view server dies: up replaces the holder over a dead view, and the view.
+    let servers = crate::util::view_servers(&env.home(), Some("box"));
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(servers[0]).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    crate::mounted::wait_until("the server dies", || gone(servers[0]));
+    let holder = holder_pid(&env);
+    let up = as_nobody(&env, ["machine", "up", "box"]).json();
+    let recovered = up["recovered"].to_string();
+    assert!(
+        recovered.contains("server had stopped") && recovered.contains("stale view"),
+        "{up}"
+    );
+    assert!(gone(holder), "the holder over the dead view was stopped");
+    assert_eq!(sh_in_box(&env, "cat /etc/motd").ok().stdout(), "kept\n");
+    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+
+    // Another machine's holder, started while box's view was mounted, holds a copy of that
+    // mount that no unmount on the host reaches: box's server must end with box all the same.
+    as_nobody(&env, ["fork", "box@v2", "twin"]).ok();
+    as_nobody(&env, ["machine", "up", "twin"]).ok();
+    as_nobody(&env, ["machine", "down", "box"]).ok();
+    crate::mounted::wait_until("box's view server ends", || {
+        crate::util::view_servers(&env.home(), Some("box")).is_empty()
+    });
+    let twin = as_nobody(&env, ["run", "twin", "--", "cat", "/etc/motd"]).ok();
+    assert_eq!(twin.stdout(), "kept\n");
+    as_nobody(&env, ["machine", "down", "twin"]).ok();
+    as_nobody(&env, ["check"]).ok();
 }

@@ -23,6 +23,13 @@ impl Drop for Env {
     /// A test that failed with a machine up (or a view mounted) would otherwise leave the
     /// mounts behind, pinning the tempdir.
     fn drop(&mut self) {
+        // A machine up without root holds its overlay in a process of its own, whose mount
+        // namespace also keeps copies of every other view mounted when it started.
+        for pid in processes(&self.home(), b"hold-overlay", None) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
         cairn_core::detach_all_below(self.tmp.path());
     }
 }
@@ -218,18 +225,23 @@ pub fn finish(child: Child) -> Run {
 /// Pids of the view servers (`cairn machine serve-lower`) of the cairn home `home`: of machine
 /// `name`, or of every machine.
 pub fn view_servers(home: &Path, name: Option<&str>) -> Vec<i32> {
+    processes(home, b"serve-lower", name)
+}
+
+/// Pids of the live `cairn … machine VERB [name]` processes of the cairn home `home`.
+fn processes(home: &Path, verb: &[u8], name: Option<&str>) -> Vec<i32> {
     let home = home.display().to_string();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            // A zombie has an empty command line, so only live servers match.
+            // A zombie has an empty command line, so only live processes match.
             let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                 return false;
             };
             let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            args.contains(&&b"serve-lower"[..])
+            args.contains(&verb)
                 && name.is_none_or(|n| args.contains(&n.as_bytes()))
                 && args.contains(&home.as_bytes())
         })

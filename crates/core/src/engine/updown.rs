@@ -395,7 +395,13 @@ impl Repo {
             &lower,
             &lower_options(),
         )?;
-        Ok(view.join()?)
+        if view.wait_unmounted()? {
+            // Unmounted here while a copy lives on elsewhere: end, and the kernel ends the
+            // connection, which turns that copy into one that fails at once.
+            tracing::info!("the view left the mount table; exiting");
+            std::process::exit(0);
+        }
+        Ok(())
     }
 }
 
