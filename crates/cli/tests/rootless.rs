@@ -29,7 +29,7 @@ fn mini_root(dir: &Path) {
     std::fs::write(dir.join("etc/hostname"), "box\n").unwrap();
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
     std::fs::write(dir.join("usr/lib/old"), "old\n").unwrap();
-    for name in ["sh", "cat", "id", "rm", "mkdir", "sleep", "stat"] {
+    for name in ["sh", "cat", "id", "rm", "mkdir", "sleep", "stat", "chmod"] {
         let host = std::fs::canonicalize(Path::new("/bin").join(name)).unwrap();
         std::fs::copy(&host, dir.join("bin").join(name)).unwrap();
         let out = std::process::Command::new("ldd")
@@ -290,4 +290,48 @@ fn a_killed_holder_or_view_server_is_recovered_without_root() {
     assert_eq!(twin.stdout(), "kept\n");
     as_nobody(&env, ["machine", "down", "twin"]).ok();
     as_nobody(&env, ["check"]).ok();
+}
+
+#[test]
+fn what_the_machine_closes_to_its_owner_is_named_and_swept_without_root() {
+    let (env, _at) = nobody_box();
+    sh_in_box(
+        &env,
+        "mkdir -p /ro/sub && echo x > /ro/sub/f && chmod 500 /ro/sub /ro && echo y > /zero && \
+         chmod 000 /zero",
+    )
+    .ok();
+    let e = as_nobody(&env, ["checkpoint", "create", "box"]).json_error(1);
+    assert!(
+        e.contains("/zero in machine box denies its owner read access")
+            && e.contains("cairn run box -- chmod u+rX /zero"),
+        "{e}"
+    );
+    sh_in_box(&env, "chmod 400 /zero").ok();
+    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+    // The restore replaces the upper, whose directories the user could not write.
+    as_nobody(&env, ["restore", "box@v1"]).ok();
+    as_nobody(&env, ["machine", "down", "box"]).ok();
+    let state = std::fs::read_dir(env.home().join("machines"))
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| p.join("upper").exists())
+        .expect("box's state");
+    let mut left: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["lower", "lower.log", "overlay.log", "upper", "work"],
+        "no old upper is left in {}",
+        state.display()
+    );
+    let v2 = as_nobody(&env, ["diff", "box@v1", "box@v2"]).json();
+    assert!(
+        kinds(&v2).contains(&("A".to_owned(), "/ro/sub/f".to_owned())),
+        "{v2}"
+    );
 }

@@ -132,7 +132,7 @@ impl Repo {
             // The machine's processes stand still while its upper is read, so the checkpoint
             // is one instant of it; they run again as soon as the walk ends.
             let frozen = self.freeze_machine(m)?;
-            let mut ing = ingest(&root, writer, &opts)?;
+            let mut ing = ingest(&root, writer, &opts).map_err(|e| unreadable(e, m, &upper_dir))?;
             ing.frozen = frozen.as_ref().map(|f| f.took);
             drop(frozen);
             return Ok((ing, epoch));
@@ -380,4 +380,24 @@ impl Repo {
         self.audit("delete", Some(&r.machine), Some(&r.to_string()), &detail);
         result
     }
+}
+
+/// Without root the upper is read as its owner, who needs read (and, for a directory, search)
+/// permission on what the machine's root made: say which entry lacks it and how to give it.
+fn unreadable(e: EngineError, m: &MachineRow, upper: &std::path::Path) -> EngineError {
+    let EngineError::Rootfs(crate::rootfs::RootfsError::Io { path, source, .. }) = &e else {
+        return e;
+    };
+    if source.kind() != std::io::ErrorKind::PermissionDenied || !crate::sandbox::rootless() {
+        return e;
+    }
+    let inside = std::path::Path::new(path)
+        .strip_prefix(upper)
+        .map_or_else(|_| path.clone(), |p| format!("/{}", p.display()));
+    EngineError::Invalid(format!(
+        "{inside} in machine {} denies its owner read access (mode 000 or a directory without \
+         r-x), and without root cairn reads the machine's changes as that owner; give it with \
+         `cairn run {} -- chmod u+rX {inside}` and checkpoint again",
+        m.name, m.name
+    ))
 }

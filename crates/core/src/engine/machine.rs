@@ -345,7 +345,7 @@ impl Repo {
         }
         self.store.delete_object(&manifest::machine_key(&m.uid))?;
         self.catalog.delete_machine(m.id)?;
-        let _ = std::fs::remove_dir_all(self.machine_state_dir(&m.uid));
+        super::rootless::remove_tree(&self.machine_state_dir(&m.uid));
         Ok(())
     }
 }

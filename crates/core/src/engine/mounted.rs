@@ -284,12 +284,13 @@ impl Repo {
                 let name = e.file_name();
                 let n = name.as_encoded_bytes();
                 if n.starts_with(b"upper.old-") || n.starts_with(b"upper.new-") {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    super::rootless::remove_tree(&e.path());
                 }
             }
         }
         if !self.is_up(m) {
-            let _ = std::fs::remove_dir_all(&l.work);
+            // Overlayfs leaves `work/work` mode 000 behind.
+            super::rootless::remove_tree(&l.work);
             let _ = std::fs::create_dir_all(&l.work);
         }
     }

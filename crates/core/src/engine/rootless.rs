@@ -196,3 +196,29 @@ pub(crate) fn spawn_detached(
         source,
     })
 }
+
+/// Removes `path` and everything below it, as `remove_dir_all`, and also where the machine's
+/// root made a directory unwritable or unsearchable: without root, the user can remove only
+/// what the directory modes let them, so directories they own are opened up first. Best
+/// effort: what stays is reported by the caller's next sweep, never fatal.
+pub(crate) fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return;
+    }
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        tracing::warn!("could not remove {}: {e}", path.display());
+    }
+}
