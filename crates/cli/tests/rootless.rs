@@ -136,9 +136,11 @@ fn a_mounted_machine_without_root() {
         "box\n",
         "the host reaches the machine's root below /proc/PID/root"
     );
+    let shown = as_nobody(&env, ["machine", "show", "box"]).json();
     assert_eq!(
-        as_nobody(&env, ["machine", "show", "box"]).json()["up"],
-        true
+        (&shown["up"], &shown["reach"]),
+        (&true.into(), &up["reach"]),
+        "{shown}"
     );
 
     // Inside, the user is root, and the base's root-owned files are root's.

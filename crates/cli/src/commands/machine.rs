@@ -115,6 +115,9 @@ pub fn show(repo: &Repo, p: &Printer, name: &str) -> anyhow::Result<()> {
         if let Some(up) = m.up {
             fields.push(("up", if up { "yes" } else { "no" }.to_owned()));
         }
+        if let Some(reach) = &m.reach {
+            fields.push(("reach at", reach.display().to_string()));
+        }
         if let Some(base) = m.base {
             fields.push(("base tree", base.short()));
         }

@@ -38,6 +38,10 @@ pub struct MachineInfo {
     /// Whether a mounted machine is up (its overlay mounted); absent for directory machines.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub up: Option<bool>,
+    /// Without root, while up: where the host reaches the machine's root (its overlay is in a
+    /// namespace of its own, see `rootless.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reach: Option<std::path::PathBuf>,
 }
 
 impl Repo {
@@ -305,6 +309,10 @@ impl Repo {
             interrupted_restore: m.pending.as_deref().map(super::restore::journal_target),
             base: m.base.map(|b| b.root),
             up: (m.kind == MachineKind::Mounted).then(|| self.is_up(m)),
+            reach: (m.kind == MachineKind::Mounted && crate::sandbox::rootless())
+                .then(|| self.overlay_holder(m))
+                .flatten()
+                .map(|h| crate::sandbox::path_from_host(&h, &m.dir)),
         })
     }
 
