@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 const NOBODY: u32 = 65534;
 
 /// `cairn ARGS…` as `nobody`, with the env's home.
-fn as_nobody<const N: usize>(env: &Env, args: [&str; N]) -> TestCommand {
+pub fn as_nobody<const N: usize>(env: &Env, args: [&str; N]) -> TestCommand {
     let mut t = env.cairn(args);
     t.as_user(NOBODY, NOBODY).env("HOME", env.root());
     t
 }
 
 /// `cairn run box -- sh -c SCRIPT` as `nobody`.
-fn sh_in_box(env: &Env, script: &str) -> TestCommand {
+pub fn sh_in_box(env: &Env, script: &str) -> TestCommand {
     as_nobody(env, ["run", "box", "--", "sh", "-c", script])
 }
 
@@ -71,7 +71,7 @@ fn shows_overlay_at(mountinfo: &str, at: &Path) -> bool {
 
 /// An env whose home is `nobody`'s, holding directory machine `web` (a mini root, web@v1)
 /// and mounted machine `box` over web@v1; returns the env and box's path.
-fn nobody_box() -> (Env, PathBuf) {
+pub fn nobody_box() -> (Env, PathBuf) {
     let fuse = std::fs::metadata("/dev/fuse").expect("/dev/fuse");
     assert_eq!(
         fuse.mode() & 0o666,
@@ -102,18 +102,18 @@ fn nobody_box() -> (Env, PathBuf) {
     (env, at)
 }
 
-/// The pid in box's `overlay.pid`.
-fn holder_pid(env: &Env) -> i32 {
-    let pid_file = std::fs::read_dir(env.home().join("machines"))
-        .unwrap()
+/// The pid in the (only) `overlay.pid` of the env's home, if there is one.
+pub fn holder_pid(env: &Env) -> Option<i32> {
+    holder_pid_in(&env.home())
+}
+
+/// The pid in the (only) `overlay.pid` of the cairn home `home`, if there is one.
+pub fn holder_pid_in(home: &Path) -> Option<i32> {
+    let pid_file = std::fs::read_dir(home.join("machines"))
+        .ok()?
         .filter_map(|e| Some(e.ok()?.path().join("overlay.pid")))
-        .find(|p| p.exists())
-        .expect("the holder's pid file");
-    std::fs::read_to_string(pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+        .find(|p| p.exists())?;
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
 
 /// True once `pid` has exited (a zombie has).
@@ -220,7 +220,7 @@ fn a_mounted_machine_without_root() {
     .ok();
     assert_eq!(run.stdout(), "box\nroot:x:0:0::/root:/bin/sh\n");
 
-    let holder = holder_pid(&env);
+    let holder = holder_pid(&env).expect("the holder's pid file");
     as_nobody(&env, ["machine", "down", "box"]).ok();
     assert_eq!(
         as_nobody(&env, ["machine", "show", "box"]).json()["up"],
@@ -242,7 +242,7 @@ fn a_killed_holder_or_view_server_is_recovered_without_root() {
     sh_in_box(&env, "echo kept > /etc/motd").ok();
 
     // The holder dies: the machine is down, and up makes a new one over the same view.
-    let holder = holder_pid(&env);
+    let holder = holder_pid(&env).expect("the holder's pid file");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(holder).unwrap(),
         rustix::process::Signal::KILL,
@@ -256,7 +256,7 @@ fn a_killed_holder_or_view_server_is_recovered_without_root() {
     let up = as_nobody(&env, ["machine", "up", "box"]).json();
     let recovered = up["recovered"].to_string();
     assert!(recovered.contains("was kept"), "{up}");
-    assert_ne!(holder_pid(&env), holder);
+    assert_ne!(holder_pid(&env).expect("the holder's pid file"), holder);
     assert_eq!(sh_in_box(&env, "cat /etc/motd").ok().stdout(), "kept\n");
 
     // The view server dies: up replaces the holder over a dead view, and the view.
@@ -268,7 +268,7 @@ fn a_killed_holder_or_view_server_is_recovered_without_root() {
     )
     .unwrap();
     crate::mounted::wait_until("the server dies", || gone(servers[0]));
-    let holder = holder_pid(&env);
+    let holder = holder_pid(&env).expect("the holder's pid file");
     let up = as_nobody(&env, ["machine", "up", "box"]).json();
     let recovered = up["recovered"].to_string();
     assert!(

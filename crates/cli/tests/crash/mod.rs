@@ -8,13 +8,15 @@
 //!
 //! `CAIRN_CRASH_TRIALS` (test.sh: 240 under CI, 60 otherwise) is the total number of kill trials:
 //! a third for mounted machines (`mounted.rs`), the rest split between the two directory-machine
-//! tests below. Each kill lands uniformly in [0, 1.2 × the command's
+//! tests below; a mounted machine run without root (`rootless.rs`) gets an eighth more. Each kill lands uniformly in [0, 1.2 × the command's
 //! measured duration]. The seed is printed; `CAIRN_CRASH_SEED=N` replays a run.
 
 mod mounted;
+mod rootless;
 mod world;
 
 use std::fmt::Display;
+use std::time::{Duration, Instant};
 use world::{Mix, World};
 
 /// Total trials asked for, shared by both harness tests.
@@ -239,4 +241,81 @@ fn walk_count(dir: &std::path::Path) -> usize {
             }
         })
         .sum()
+}
+
+/// A mounted machine run without root: its checkpoints and restores killed, or its overlay's
+/// holder or view server, in an eighth as many trials again (at least four).
+#[test]
+fn crash_rootless_machine_checkpoint_and_restore() {
+    let trials = (trials() / 8).max(4);
+    let seed = seed();
+    let name = "crash_rootless_machine_checkpoint_and_restore";
+    eprintln!("{name}: {trials} trials, seed {seed} (replay with CAIRN_CRASH_SEED={seed})");
+    let mut w = rootless::RootlessWorld::new(seed ^ 0x5eed_0004);
+    for t in 0..trials {
+        w.trial(t);
+    }
+    w.finish();
+    let s = w.stats();
+    assert_kills_landed(name, trials, s.trials, s.landed, s);
+}
+
+/// A command run by `run_and_kill`.
+pub struct Killed {
+    pub run: crate::util::Run,
+    pub elapsed: std::time::Duration,
+    /// The command died of the SIGKILL sent to it.
+    pub killed: bool,
+    /// What `other` returned, if it was called.
+    pub other: Option<bool>,
+}
+
+/// Waits for `child` (started at `start`), SIGKILLing it once `cmd_at` has passed and calling
+/// `other` (which kills something else: a view server, a holder) once `other_at` has, or right
+/// after the command ended if that came first. A command that died of a signal nobody sent
+/// fails the trial.
+pub fn run_and_kill(
+    mut child: std::process::Child,
+    start: Instant,
+    cmd_at: Option<Duration>,
+    other_at: Option<Duration>,
+    mut other: impl FnMut() -> bool,
+    what: &dyn std::fmt::Debug,
+) -> Killed {
+    let mut other_result = None;
+    let mut sent = false;
+    loop {
+        if other_result.is_none() && other_at.is_some_and(|at| start.elapsed() >= at) {
+            other_result = Some(other());
+        }
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if cmd_at.is_some_and(|at| start.elapsed() >= at) {
+            // A child that exited just now is a zombie until waited for; the kill is then a
+            // no-op and its exit status says it finished.
+            child.kill().expect("SIGKILL cairn");
+            sent = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let run = crate::util::finish(child);
+    let elapsed = start.elapsed();
+    if other_at.is_some() && other_result.is_none() {
+        other_result = Some(other());
+    }
+    let killed = run.code.is_none();
+    assert!(
+        !killed || (sent && run.signal == Some(libc::SIGKILL)),
+        "{what:?} died of signal {:?} on its own\nstderr:\n{}",
+        run.signal,
+        run.stderr
+    );
+    Killed {
+        run,
+        elapsed,
+        killed,
+        other: other_result,
+    }
 }

@@ -11,7 +11,7 @@
 
 use super::world::{Links, build_tree, mutate_tree, pick_other, reported_id};
 use crate::util::tree::{Rng, first_difference};
-use crate::util::{Env, Run, Snapshot, assert_same, finish, snapshot, view_servers};
+use crate::util::{Env, Run, Snapshot, assert_same, snapshot, view_servers};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -223,36 +223,22 @@ impl MountedWorld {
         let cmd_at = (victim != Victim::Server).then(&mut instant);
         let server_at = (victim != Victim::Command).then(&mut instant);
         let start = Instant::now();
-        let mut child = self.env.cairn(args).arg("--json").spawn();
-        let mut sent = false;
-        let mut server_killed = None;
-        loop {
-            if server_killed.is_none() && server_at.is_some_and(|at| start.elapsed() >= at) {
-                server_killed = Some(self.kill_servers());
-            }
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            if cmd_at.is_some_and(|at| start.elapsed() >= at) {
-                child.kill().expect("SIGKILL cairn");
-                sent = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(300));
-        }
-        let run = finish(child);
-        let elapsed = start.elapsed();
-        if server_at.is_some() && server_killed.is_none() {
-            server_killed = Some(self.kill_servers());
-        }
-        let server_killed = server_killed.unwrap_or(false);
-        let killed = run.code.is_none();
-        assert!(
-            !killed || (sent && run.signal == Some(libc::SIGKILL)),
-            "trial {t}: {args:?} died of signal {:?} on its own\nstderr:\n{}",
-            run.signal,
-            run.stderr
+        let child = self.env.cairn(args).arg("--json").spawn();
+        let home = self.env.home();
+        let super::Killed {
+            run,
+            elapsed,
+            killed,
+            other,
+        } = super::run_and_kill(
+            child,
+            start,
+            cmd_at,
+            server_at,
+            || kill_servers(&home),
+            &(t, args),
         );
+        let server_killed = other.unwrap_or(false);
         eprintln!(
             "trial {t}: mounted {op:?} {args:?} {} after {elapsed:.2?} (kill {cmd_at:.2?}, \
              server kill {server_at:.2?}: {})",
@@ -298,16 +284,6 @@ impl MountedWorld {
             killed,
             server_killed,
         }
-    }
-
-    /// SIGKILLs every view server of `box`; true if there was one.
-    fn kill_servers(&self) -> bool {
-        let pids = view_servers(&self.env.home(), Some(BOX));
-        for &pid in &pids {
-            // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        !pids.is_empty()
     }
 
     fn check(&self, t: u64, read_data: bool) {
@@ -696,4 +672,14 @@ fn assert_partial(now: &Snapshot, before: &Snapshot, target: &Snapshot, dir: &st
             .collect()
     };
     assert_same(&relax(now), &relax(&want), what);
+}
+
+/// SIGKILLs every view server of `box` in the cairn home `home`; true if there was one.
+pub(super) fn kill_servers(home: &std::path::Path) -> bool {
+    let pids = view_servers(home, Some(BOX));
+    for &pid in &pids {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    !pids.is_empty()
 }

@@ -1,7 +1,7 @@
 //! One machine, its history of snapshots, and the trials that kill commands on it.
 
 use crate::util::tree::{Rng, first_difference};
-use crate::util::{Env, Run, Snapshot, TestDir, assert_same, finish, noise, snapshot};
+use crate::util::{Env, Run, Snapshot, TestDir, assert_same, noise, snapshot};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -183,30 +183,13 @@ impl World {
         let est = self.est[&op];
         let delay = est.mul_f64(1.2 * self.rng.below(1_000_000) as f64 / 1e6);
         let start = Instant::now();
-        let mut child = self.env.cairn(args).arg("--json").spawn();
-        let mut sent = false;
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            if start.elapsed() >= delay {
-                // A child that exited just now is a zombie until waited for; the kill is then
-                // a no-op and its exit status says it finished.
-                child.kill().expect("SIGKILL cairn");
-                sent = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(300));
-        }
-        let run = finish(child);
-        let elapsed = start.elapsed();
-        let killed = run.code.is_none();
-        assert!(
-            !killed || (sent && run.signal == Some(libc::SIGKILL)),
-            "trial {t}: {args:?} died of signal {:?} on its own\nstderr:\n{}",
-            run.signal,
-            run.stderr
-        );
+        let child = self.env.cairn(args).arg("--json").spawn();
+        let super::Killed {
+            run,
+            elapsed,
+            killed,
+            ..
+        } = super::run_and_kill(child, start, Some(delay), None, || false, &(t, args));
         eprintln!(
             "trial {t}: {op:?} {:?} {} after {elapsed:.2?} (kill planned at {delay:.2?})",
             args,

@@ -111,9 +111,10 @@ impl Repo {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Err(EngineError::Invalid(format!(
                     "the process holding {}'s overlay exited ({status}) before the overlay was \
-                     mounted: {}",
+                     mounted: {}; nothing is lost: `cairn machine up {}` starts it again",
                     m.name,
-                    log.trim()
+                    log.trim(),
+                    m.name
                 )));
             }
             if Instant::now() > deadline {

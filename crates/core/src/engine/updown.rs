@@ -395,13 +395,27 @@ impl Repo {
             &lower,
             &lower_options(),
         )?;
-        if view.wait_unmounted()? {
-            // Unmounted here while a copy lives on elsewhere: end, and the kernel ends the
-            // connection, which turns that copy into one that fails at once.
-            tracing::info!("the view left the mount table; exiting");
-            std::process::exit(0);
-        }
-        Ok(())
+        // A mount can leave the mount table and still not end: a user namespace made while it
+        // was mounted (a machine run without root, see `rootless.rs`) holds a copy that no
+        // unmount here reaches, and the server would serve that copy forever. So once the
+        // view is gone from here, the server exits, and the kernel ends the connection, which
+        // turns any copy into one that fails at once.
+        let at = view.mountpoint().to_owned();
+        let source = crate::mount::fsname(&lower_name(&m, base.root));
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if mount_at(&at)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|e| e.source != source)
+                {
+                    tracing::info!("the view left the mount table; exiting");
+                    std::process::exit(0);
+                }
+            }
+        });
+        Ok(view.join()?)
     }
 }
 

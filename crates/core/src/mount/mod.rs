@@ -225,24 +225,6 @@ impl MountedView {
         Ok(())
     }
 
-    /// Waits until the server stops (as `join`) or the mount leaves this namespace's mount
-    /// table, whichever comes first; true in the second case. A mount can leave the table
-    /// and still not end: a user namespace made while it was mounted (a machine run without
-    /// root, see `engine/rootless.rs`) holds a copy of it that no unmount here reaches. Its
-    /// server must then exit without joining (the kernel ends the connection with it), or it
-    /// would serve that copy forever.
-    pub fn wait_unmounted(&mut self) -> Result<bool> {
-        let name = mounts::mount_at(&self.mountpoint)?.map(|m| m.source);
-        while self.is_serving() {
-            let now = mounts::mount_at(&self.mountpoint)?.map(|m| m.source);
-            if now.is_none() || now != name {
-                return Ok(true);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        self.join().map(|()| false)
-    }
-
     /// Waits until the server stops: the mount was unmounted (or detached and left).
     pub fn join(&mut self) -> Result<()> {
         let Some(mut session) = self.session.take() else {
