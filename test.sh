@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in build-essential pkg-config attr acl tar fuse3 bubblewrap; do
+  for pkg in build-essential pkg-config attr acl tar fuse3 bubblewrap uidmap; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -16,6 +16,11 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   # A FUSE view without root needs /dev/fuse open to every user. Debian's udev rules make it
   # 0666; a host without udev (a container, a minimal VM) may leave it 0600.
   if [ -c /dev/fuse ]; then chmod 0666 /dev/fuse; fi
+  # The tests run machines without root as `nobody`, with subordinate ids as a login user has
+  # them (`adduser` adds such a range on Debian); `daemon` has none.
+  for f in /etc/subuid /etc/subgid; do
+    grep -q '^nobody:' "$f" 2>/dev/null || echo 'nobody:1000000:65536' >> "$f"
+  done
 fi
 
 # Trials of the crash harness (SIGKILL at random instants); CI runs at least 200.

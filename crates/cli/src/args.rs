@@ -470,6 +470,31 @@ pub enum MachineCmd {
         name: String,
     },
 
+    /// Read a mounted machine's upper layer in a user namespace (started by a checkpoint without root)
+    #[command(
+        hide = true,
+        after_help = "Started by `cairn checkpoint create NAME` when not run as root; not meant \
+            to be run by hand."
+    )]
+    IngestUpper {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Remove a machine's old upper layers in its user namespace (started without root)
+    #[command(
+        hide = true,
+        after_help = "Started by cairn when not run as root; not meant to be run by hand."
+    )]
+    SweepState {
+        /// The machine's uid (its state directory's name)
+        #[arg(value_name = "UID")]
+        uid: String,
+        /// The whole state directory, of a machine being removed
+        #[arg(long)]
+        all: bool,
+    },
+
     /// List the machines
     #[command(visible_alias = "ls", after_help = "Example:\n  cairn machine list")]
     List,

@@ -1,6 +1,7 @@
-//! A mounted machine run by an ordinary user: every command below runs as `nobody`, with a
-//! home that user owns. The view is mounted through `fusermount3`, the overlay in a user
-//! namespace held by `machine hold-overlay`, and the machine's processes join it.
+//! A mounted machine run by an ordinary user: every command below runs as the owner of the
+//! env's home, `nobody` (who has subordinate ids, see test.sh) or `daemon` (who has none).
+//! The view is mounted through `fusermount3`, the overlay in a user namespace held by
+//! `machine hold-overlay`, and the machine's processes join it.
 
 use crate::util::{Env, TestCommand};
 use serde_json::Value;
@@ -8,15 +9,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const NOBODY: u32 = 65534;
+/// A user with no subordinate ids (`daemon`): its machines map root alone.
+const LONER: u32 = 1;
 
-/// `cairn ARGS…` as `nobody`, with the env's home.
+/// `cairn ARGS…` as the owner of the env's home.
 pub fn as_nobody<const N: usize>(env: &Env, args: [&str; N]) -> TestCommand {
+    let owner = std::fs::metadata(env.home()).expect("home").uid();
     let mut t = env.cairn(args);
-    t.as_user(NOBODY, NOBODY).env("HOME", env.root());
+    t.as_user(owner, owner).env("HOME", env.root());
     t
 }
 
-/// `cairn run box -- sh -c SCRIPT` as `nobody`.
+/// `cairn run box -- sh -c SCRIPT` as the owner of the env's home.
 pub fn sh_in_box(env: &Env, script: &str) -> TestCommand {
     as_nobody(env, ["run", "box", "--", "sh", "-c", script])
 }
@@ -29,7 +33,11 @@ fn mini_root(dir: &Path) {
     std::fs::write(dir.join("etc/hostname"), "box\n").unwrap();
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
     std::fs::write(dir.join("usr/lib/old"), "old\n").unwrap();
-    for name in ["sh", "cat", "id", "rm", "mkdir", "sleep", "stat", "chmod"] {
+    std::fs::write(dir.join("etc/theirs"), "theirs\n").unwrap();
+    std::os::unix::fs::chown(dir.join("etc/theirs"), Some(1234), Some(1234)).unwrap();
+    for name in [
+        "sh", "cat", "id", "rm", "mkdir", "sleep", "stat", "chmod", "chown",
+    ] {
         let host = std::fs::canonicalize(Path::new("/bin").join(name)).unwrap();
         std::fs::copy(&host, dir.join("bin").join(name)).unwrap();
         let out = std::process::Command::new("ldd")
@@ -61,6 +69,21 @@ fn kinds(diff: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `UID/GID` of `path` in the tar archive `tar`, as `tar -tv` lists it.
+fn owner_in(tar: &Path, path: &str) -> String {
+    let out = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(tar)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = listing
+        .lines()
+        .find(|l| l.trim_end_matches('/').ends_with(path))
+        .unwrap_or_else(|| panic!("no {path} in {listing}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
 fn shows_overlay_at(mountinfo: &str, at: &Path) -> bool {
     let at = at.display().to_string();
     mountinfo.lines().any(|l| {
@@ -72,6 +95,11 @@ fn shows_overlay_at(mountinfo: &str, at: &Path) -> bool {
 /// An env whose home is `nobody`'s, holding directory machine `web` (a mini root, web@v1)
 /// and mounted machine `box` over web@v1; returns the env and box's path.
 pub fn nobody_box() -> (Env, PathBuf) {
+    user_box(NOBODY)
+}
+
+/// `nobody_box` for the user `uid`.
+fn user_box(uid: u32) -> (Env, PathBuf) {
     let fuse = std::fs::metadata("/dev/fuse").expect("/dev/fuse");
     assert_eq!(
         fuse.mode() & 0o666,
@@ -88,7 +116,7 @@ pub fn nobody_box() -> (Env, PathBuf) {
     let src = env.path("src");
     mini_root(&src);
     std::fs::create_dir(env.home()).unwrap();
-    std::os::unix::fs::chown(env.home(), Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(env.home(), Some(uid), Some(uid)).unwrap();
     as_nobody(&env, ["machine", "create", "web", "--dir"])
         .arg(&src)
         .ok();
@@ -143,20 +171,27 @@ fn a_mounted_machine_without_root() {
         "{shown}"
     );
 
-    // Inside, the user is root, and the base's root-owned files are root's.
+    // Inside, the user is root, the base's files keep their owners, and root may give a file
+    // to anyone (the user's subordinate ids).
     let run = sh_in_box(
         &env,
-        "id -u; stat -c %u /etc/hostname; cat /etc/hostname; echo new > /etc/hostname; \
-         rm /etc/passwd; rm -r /usr/lib; mkdir -p /usr/lib /srv; echo n > /usr/lib/new; \
-         echo s > /srv/s; exit 3",
+        "id -u; stat -c %u /etc/hostname; stat -c %u:%g /etc/theirs; cat /etc/hostname; \
+         echo new > /etc/hostname; rm /etc/passwd; rm -r /usr/lib; mkdir -p /usr/lib /srv; \
+         echo n > /usr/lib/new; echo s > /srv/s; echo t > /srv/t; chown 100:101 /srv/t; exit 3",
     )
     .code(3);
-    assert_eq!(run.stdout(), "0\n0\nbox\n");
+    assert_eq!(run.stdout(), "0\n0\n1234:1234\nbox\n");
     let upper_file = std::fs::metadata(reach.join("srv/s")).unwrap();
     assert_eq!(
         upper_file.uid(),
         NOBODY,
         "what the machine's root writes is the user's on the host"
+    );
+    let theirs = std::fs::metadata(reach.join("srv/t")).unwrap();
+    assert_eq!(
+        (theirs.uid(), theirs.gid()),
+        (1_000_099, 1_000_100),
+        "uid 100 inside is the user's 100th subordinate id (test.sh: nobody:1000000:65536)"
     );
 
     // The checkpoint reads the upper: a whiteout, an opaque directory (`user.overlay.opaque`)
@@ -169,6 +204,7 @@ fn a_mounted_machine_without_root() {
     let want: Vec<(String, String)> = [
         ("A", "/srv"),
         ("A", "/srv/s"),
+        ("A", "/srv/t"),
         ("A", "/usr/lib/new"),
         ("D", "/etc/passwd"),
         ("D", "/usr/lib/old"),
@@ -184,17 +220,13 @@ fn a_mounted_machine_without_root() {
     as_nobody(&env, ["export", "box@v2", "-o"])
         .arg(&exported)
         .ok();
-    let listing = std::process::Command::new("tar")
-        .args(["--numeric-owner", "-tvf"])
-        .arg(&exported)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    let srv = listing
-        .lines()
-        .find(|l| l.ends_with("srv/s"))
-        .unwrap_or_else(|| panic!("{listing}"));
-    assert!(srv.contains(" 0/0 "), "recorded as root's: {srv}");
+    assert_eq!(owner_in(&exported, "srv/s"), "0/0", "recorded as root's");
+    assert_eq!(
+        owner_in(&exported, "srv/t"),
+        "100/101",
+        "recorded as the machine's ids"
+    );
+    assert_eq!(owner_in(&exported, "etc/theirs"), "1234/1234");
 
     // A running process is frozen for the checkpoint, and stopped by a restore.
     let mut busy = sh_in_box(&env, "while :; do echo x >> /tmp/log; sleep 0.01; done").spawn();
@@ -294,46 +326,107 @@ fn a_killed_holder_or_view_server_is_recovered_without_root() {
     as_nobody(&env, ["check"]).ok();
 }
 
+/// What the machine's root closes to others (a directory of another owner with mode 0700, a
+/// file of mode 000, a directory without write access) the user cannot read or remove, so a
+/// checkpoint reads it, and a restore removes it, in a user namespace of the machine's ids.
 #[test]
-fn what_the_machine_closes_to_its_owner_is_named_and_swept_without_root() {
-    let (env, _at) = nobody_box();
-    sh_in_box(
+fn what_the_machine_closes_to_the_user_is_read_and_swept_in_its_namespace() {
+    for uid in [NOBODY, LONER] {
+        let (env, _at) = user_box(uid);
+        let others = if uid == NOBODY {
+            "mkdir -p /apt/partial && echo p > /apt/partial/f && chown -R 100:100 /apt && \
+             chmod 700 /apt/partial && "
+        } else {
+            ""
+        };
+        sh_in_box(
+            &env,
+            &format!(
+                "{others}mkdir -p /ro/sub && echo x > /ro/sub/f && chmod 500 /ro/sub /ro && \
+                 echo y > /zero && chmod 000 /zero"
+            ),
+        )
+        .ok();
+        // A diff against the live machine reads as the user, and says what it cannot read.
+        if uid == NOBODY {
+            let e = as_nobody(&env, ["diff", "box@v1"]).json_error(1);
+            assert!(
+                e.contains("/apt/partial in machine box is closed to the user running cairn"),
+                "{e}"
+            );
+        }
+        let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+        assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+        let exported = env.home().join("v2.tar");
+        as_nobody(&env, ["export", "box@v2", "-o"])
+            .arg(&exported)
+            .ok();
+        assert_eq!(owner_in(&exported, "zero"), "0/0");
+        let v2 = as_nobody(&env, ["diff", "box@v1", "box@v2"]).json();
+        let mut added = kinds(&v2);
+        added.retain(|(k, _)| k == "A");
+        let mut want = vec!["/ro", "/ro/sub", "/ro/sub/f", "/zero"];
+        if uid == NOBODY {
+            assert_eq!(owner_in(&exported, "apt/partial/f"), "100/100");
+            want.extend(["/apt", "/apt/partial", "/apt/partial/f"]);
+        }
+        want.sort();
+        let added: Vec<&str> = added.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(added, want, "uid {uid}: {v2}");
+        let zero = as_nobody(&env, ["cat", "box@v2:/zero"]).ok();
+        assert_eq!(zero.stdout(), "y\n");
+
+        // The restore replaces the upper, whose directories the user could not empty.
+        as_nobody(&env, ["restore", "box@v1"]).ok();
+        as_nobody(&env, ["machine", "down", "box"]).ok();
+        let state = std::fs::read_dir(env.home().join("machines"))
+            .unwrap()
+            .filter_map(|e| Some(e.ok()?.path()))
+            .find(|p| p.join("upper").exists())
+            .expect("box's state");
+        let mut left: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("upper"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["upper"],
+            "uid {uid}: no old upper is left in {state:?}"
+        );
+        as_nobody(&env, ["restore", "box@v2"]).ok();
+        as_nobody(&env, ["machine", "rm", "box"]).ok();
+        assert!(
+            !state.exists(),
+            "uid {uid}: machine rm removes all of its state"
+        );
+    }
+}
+
+/// A user without subordinate ids: the machine's root is the user, and nobody else is mapped.
+#[test]
+fn a_user_without_subordinate_ids_runs_a_machine_of_root_alone() {
+    let (env, _at) = user_box(LONER);
+    let run = sh_in_box(
         &env,
-        "mkdir -p /ro/sub && echo x > /ro/sub/f && chmod 500 /ro/sub /ro && echo y > /zero && \
-         chmod 000 /zero",
+        "id -u; stat -c %u /etc/theirs; echo t > /t; chown 100 /t || echo refused",
     )
     .ok();
-    let e = as_nobody(&env, ["checkpoint", "create", "box"]).json_error(1);
-    assert!(
-        e.contains("/zero in machine box denies its owner read access")
-            && e.contains("cairn run box -- chmod u+rX /zero"),
-        "{e}"
-    );
-    sh_in_box(&env, "chmod 400 /zero").ok();
-    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
-    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
-    // The restore replaces the upper, whose directories the user could not write.
-    as_nobody(&env, ["restore", "box@v1"]).ok();
-    as_nobody(&env, ["machine", "down", "box"]).ok();
-    let state = std::fs::read_dir(env.home().join("machines"))
-        .unwrap()
-        .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| p.join("upper").exists())
-        .expect("box's state");
-    let mut left: Vec<String> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
     assert_eq!(
-        left,
-        ["lower", "lower.log", "overlay.log", "upper", "work"],
-        "no old upper is left in {}",
-        state.display()
+        run.stdout().lines().collect::<Vec<_>>(),
+        ["0", "65534", "refused"]
     );
-    let v2 = as_nobody(&env, ["diff", "box@v1", "box@v2"]).json();
-    assert!(
-        kinds(&v2).contains(&("A".to_owned(), "/ro/sub/f".to_owned())),
-        "{v2}"
+    as_nobody(&env, ["checkpoint", "create", "box"]).ok();
+    let exported = env.home().join("v2.tar");
+    as_nobody(&env, ["export", "box@v2", "-o"])
+        .arg(&exported)
+        .ok();
+    assert_eq!(owner_in(&exported, "t"), "0/0");
+    assert_eq!(
+        owner_in(&exported, "etc/theirs"),
+        "1234/1234",
+        "the base keeps its owners"
     );
+    as_nobody(&env, ["machine", "down", "box"]).ok();
 }

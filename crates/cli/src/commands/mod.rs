@@ -46,6 +46,8 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::MachineDown(name) => mounted::down(&repo, &p, &name)?,
         Command::ServeLower(name) => repo.serve_lower(&name)?,
         Command::HoldOverlay(name) => repo.hold_overlay(&name)?,
+        Command::IngestUpper(name) => repo.ingest_upper_here(&name)?,
+        Command::SweepState { uid, all } => repo.sweep_state_here(&uid, all)?,
         Command::Run { machine, spec } => return mounted::run(&repo, &p, &machine, &spec),
         Command::MachineList => machine::list(&repo, &p)?,
         Command::MachineShow(name) => machine::show(&repo, &p, &name)?,

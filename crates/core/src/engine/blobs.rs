@@ -17,10 +17,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(crate) const PACK_TARGET: u64 = 16 << 20;
 
 /// What a writer added to the store.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WriteStats {
     pub blobs: u64,
     pub stored_bytes: u64,
+}
+
+impl WriteStats {
+    pub(crate) fn add(&mut self, other: WriteStats) {
+        self.blobs += other.blobs;
+        self.stored_bytes += other.stored_bytes;
+    }
 }
 
 struct WriterState {
@@ -68,6 +75,11 @@ impl<'a> BlobWriter<'a> {
             }),
             dry: None,
         })
+    }
+
+    /// True for a writer that stores nothing.
+    pub(crate) fn is_dry(&self) -> bool {
+        self.dry.is_some()
     }
 
     /// A writer that stores nothing; see `dry`.

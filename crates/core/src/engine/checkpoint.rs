@@ -98,41 +98,23 @@ impl Repo {
         let cache_path = self.machine_state_dir(&m.uid).join("statcache");
         let cache = StatCache::load(&cache_path);
         let epoch = self.catalog.gc_epoch()?;
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(8);
+        let workers = ingest_workers();
         if m.kind == MachineKind::Mounted {
-            // Only the upper layer is walked; the base fills in everything it lacks.
-            let base = super::mounted::base_of_row(m)?;
-            let upper_dir = self.layout(m).upper;
-            let root = Dir::open(&upper_dir).map_err(|e| EngineError::BadDir {
-                path: upper_dir.clone(),
-                reason: format!("{e}; the machine's upper layer is missing"),
-            })?;
-            let src = BlobSource::new(&self.store, &self.catalog_path())?;
-            // Without root, the overlay is mounted in a user namespace (`rootless.rs`).
-            let owner = super::rootless::namespace_root();
-            let opts = IngestOptions {
-                progress,
-                cache: &cache,
-                trust_cache: cache.epoch == epoch,
-                workers,
-                upper: Some(UpperBase {
-                    src: &src,
-                    root: base.root,
-                    entries: base.entries,
-                    logical: base.logical_bytes,
-                    xattr_prefix: match owner {
-                        Some(_) => USER_PREFIX,
-                        None => TRUSTED_PREFIX,
-                    },
-                    owner,
-                }),
-            };
             // The machine's processes stand still while its upper is read, so the checkpoint
             // is one instant of it; they run again as soon as the walk ends.
             let frozen = self.freeze_machine(m)?;
-            let mut ing = ingest(&root, writer, &opts).map_err(|e| unreadable(e, m, &upper_dir))?;
+            let mut ing = if super::rootless::namespace_ids().is_some() && !writer.is_dry() {
+                // Without root, only a user namespace of the machine's ids may read all of
+                // the upper (`rootless.rs`).
+                self.ingest_upper_in_namespace(m)?
+            } else {
+                let read = match super::rootless::namespace_ids() {
+                    Some(_) => UpperRead::AsUser,
+                    None => UpperRead::Root,
+                };
+                self.ingest_upper(m, writer, progress, &cache, epoch, read)
+                    .map_err(|e| super::rootless::unreadable(e, m, &self.layout(m).upper))?
+            };
             ing.frozen = frozen.as_ref().map(|f| f.took);
             drop(frozen);
             return Ok((ing, epoch));
@@ -152,6 +134,49 @@ impl Repo {
             upper: None,
         };
         Ok((ingest(&root, writer, &opts)?, epoch))
+    }
+
+    /// Ingests a mounted machine's upper layer merged over its base: only the upper is walked,
+    /// and the base fills in everything it lacks.
+    pub(crate) fn ingest_upper(
+        &self,
+        m: &MachineRow,
+        writer: &BlobWriter<'_>,
+        progress: &dyn Progress,
+        cache: &StatCache,
+        epoch: u64,
+        read: UpperRead,
+    ) -> Result<super::ingest::Ingested> {
+        let base = super::mounted::base_of_row(m)?;
+        let upper_dir = self.layout(m).upper;
+        let root = Dir::open(&upper_dir).map_err(|e| EngineError::BadDir {
+            path: upper_dir.clone(),
+            reason: format!("{e}; the machine's upper layer is missing"),
+        })?;
+        let src = BlobSource::new(&self.store, &self.catalog_path())?;
+        // Without root, the overlay is mounted in a user namespace (`rootless.rs`), and its
+        // attributes are `user.overlay.*`. Read from inside a namespace of the machine's ids,
+        // the upper already shows the machine's owners; read from outside, the host's.
+        let (user, ids) = match read {
+            UpperRead::Root => (false, None),
+            UpperRead::AsUser => (true, super::rootless::namespace_ids()),
+            UpperRead::InNamespace => (true, None),
+        };
+        let opts = IngestOptions {
+            progress,
+            cache,
+            trust_cache: cache.epoch == epoch,
+            workers: ingest_workers(),
+            upper: Some(UpperBase {
+                src: &src,
+                root: base.root,
+                entries: base.entries,
+                logical: base.logical_bytes,
+                xattr_prefix: if user { USER_PREFIX } else { TRUSTED_PREFIX },
+                ids,
+            }),
+        };
+        ingest(&root, writer, &opts)
     }
 
     /// Checkpoint with the machine lock already held.
@@ -183,7 +208,8 @@ impl Repo {
         phases.push(super::Phase::since("ingest", t));
         let t = std::time::Instant::now();
         progress.phase("committing", None);
-        let stats = writer.flush()?;
+        let mut stats = writer.flush()?;
+        stats.add(ing.written);
         let head = match m.head {
             Some(h) => self.catalog.checkpoint(h)?,
             None => None,
@@ -382,22 +408,20 @@ impl Repo {
     }
 }
 
-/// Without root the upper is read as its owner, who needs read (and, for a directory, search)
-/// permission on what the machine's root made: say which entry lacks it and how to give it.
-fn unreadable(e: EngineError, m: &MachineRow, upper: &std::path::Path) -> EngineError {
-    let EngineError::Rootfs(crate::rootfs::RootfsError::Io { path, source, .. }) = &e else {
-        return e;
-    };
-    if source.kind() != std::io::ErrorKind::PermissionDenied || !crate::sandbox::rootless() {
-        return e;
-    }
-    let inside = std::path::Path::new(path)
-        .strip_prefix(upper)
-        .map_or_else(|_| path.clone(), |p| format!("/{}", p.display()));
-    EngineError::Invalid(format!(
-        "{inside} in machine {} denies its owner read access (mode 000 or a directory without \
-         r-x), and without root cairn reads the machine's changes as that owner; give it with \
-         `cairn run {} -- chmod u+rX {inside}` and checkpoint again",
-        m.name, m.name
-    ))
+/// Who reads a mounted machine's upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpperRead {
+    /// Root, of an overlay mounted by root.
+    Root,
+    /// The user, from outside the overlay's user namespace: only what the modes let them.
+    AsUser,
+    /// Root of a user namespace of the machine's ids (`machine ingest-upper`).
+    InNamespace,
+}
+
+/// Threads that read and chunk files during an ingest.
+pub(crate) fn ingest_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8)
 }

@@ -49,6 +49,9 @@ pub(crate) struct Ingested {
     pub warnings: Vec<String>,
     /// How long the machine's processes took to freeze, when they were frozen for the walk.
     pub frozen: Option<std::time::Duration>,
+    /// What another process stored for this ingest (one in a user namespace, see
+    /// `rootless.rs`); the caller's writer stored the rest.
+    pub written: super::blobs::WriteStats,
 }
 
 enum Slot {
@@ -260,6 +263,7 @@ pub(crate) fn ingest(
         cache: new_cache,
         warnings,
         frozen: None,
+        written: Default::default(),
     })
 }
 

@@ -353,7 +353,11 @@ impl Repo {
         }
         self.store.delete_object(&manifest::machine_key(&m.uid))?;
         self.catalog.delete_machine(m.id)?;
-        super::rootless::remove_tree(&self.machine_state_dir(&m.uid));
+        let state = self.machine_state_dir(&m.uid);
+        super::rootless::remove_tree(&state);
+        if state.exists() {
+            self.sweep_in_namespace(&m.uid, true);
+        }
         Ok(())
     }
 }

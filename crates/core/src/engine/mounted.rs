@@ -279,14 +279,9 @@ impl Repo {
     /// Removes what earlier rebases left: old upper layers and the overlay's work files.
     fn sweep_state(&self, m: &MachineRow) {
         let l = self.layout(m);
-        if let Ok(rd) = std::fs::read_dir(&l.state) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let n = name.as_encoded_bytes();
-                if n.starts_with(b"upper.old-") || n.starts_with(b"upper.new-") {
-                    super::rootless::remove_tree(&e.path());
-                }
-            }
+        if !sweep_old_uppers(&l.state) {
+            // Without root, what the machine's other users own only its namespace may remove.
+            self.sweep_in_namespace(&m.uid, false);
         }
         if !self.is_up(m) {
             // Overlayfs leaves `work/work` mode 000 behind.
@@ -568,4 +563,21 @@ fn fsync_dir(p: &Path) -> Result<()> {
             path: p.to_owned(),
             source,
         })
+}
+
+/// Removes the uppers earlier rebases left in `state`; true if none is left.
+pub(crate) fn sweep_old_uppers(state: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(state) else {
+        return true;
+    };
+    let mut clean = true;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let n = name.as_encoded_bytes();
+        if n.starts_with(b"upper.old-") || n.starts_with(b"upper.new-") {
+            super::rootless::remove_tree(&e.path());
+            clean &= !e.path().exists();
+        }
+    }
+    clean
 }

@@ -230,7 +230,8 @@ impl Repo {
         // Step 2: the undo point.
         let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
         let (live, epoch) = self.ingest_live(m, &writer, progress)?;
-        let stats = writer.flush()?;
+        let mut stats = writer.flush()?;
+        stats.add(live.written);
         let existing = self
             .catalog
             .checkpoints(m.id)?

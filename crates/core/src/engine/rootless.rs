@@ -15,13 +15,19 @@
 //!   its mount namespace and overlay end with it. No stale overlay can outlive it in the
 //!   host's mount table, because none was ever there.
 //! - The upper layer is an ordinary directory of the user's: what the machine's root writes is
-//!   the user's own on the host, and a checkpoint records it as root's (`UpperBase::owner`).
+//!   the user's own on the host, and a checkpoint records it as root's (`UpperBase::ids`).
 
+use super::blobs::BlobWriter;
+use super::ingest::Ingested;
 use super::mounted::Layout;
+use super::statcache::StatCache;
 use super::{EngineError, LowerServer, Repo, Result};
 use crate::catalog::MachineRow;
-use crate::sandbox::Holder;
+use crate::model::TreeId;
+use crate::sandbox::{Holder, IdMap};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a starting holder may take to mount the overlay.
@@ -30,10 +36,10 @@ const HOLDER_START: Duration = Duration::from_secs(20);
 /// How long the machine's processes and the holder get to die.
 const HOLDER_STOP: Duration = Duration::from_secs(10);
 
-/// The host ids that are root inside a machine this process runs without root.
-pub(crate) fn namespace_root() -> Option<(u32, u32)> {
+/// The ids of the user namespace of a machine this process runs without root.
+pub(crate) fn namespace_ids() -> Option<IdMap> {
     crate::sandbox::rootless().then(|| {
-        (
+        IdMap::for_user(
             rustix::process::getuid().as_raw(),
             rustix::process::getgid().as_raw(),
         )
@@ -87,19 +93,88 @@ impl Repo {
         (at.fstype == "overlay").then_some(holder)
     }
 
-    /// Starts the holder and returns once its overlay is mounted.
-    pub(crate) fn start_holder(&self, m: &MachineRow) -> Result<Holder> {
+    /// Starts `cairn machine ARGS…` (this binary on this home) detached, in its own process
+    /// group (a Ctrl-C meant for the command that started it must not take the machine down
+    /// with it), with `stdout` and `stderr`.
+    pub(crate) fn spawn_cairn(
+        &self,
+        args: &[&str],
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Child> {
         let LowerServer::Process(argv) = &self.lower_server else {
             return Err(EngineError::Invalid(
-                "a mounted machine runs without root only from the cairn command, whose holder \
-                 process keeps its overlay mounted"
+                "a mounted machine's lower layer and, without root, its overlay are served by \
+                 processes of the cairn command; this caller serves them in-process"
                     .to_owned(),
             ));
         };
-        let pid_file = self.pid_file(m);
-        let _ = std::fs::remove_file(&pid_file);
+        let (prog, base) = argv
+            .split_first()
+            .ok_or_else(|| EngineError::Invalid("no cairn command to start".to_owned()))?;
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(base)
+            .arg("machine")
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.spawn().map_err(|source| EngineError::Io {
+            op: "start",
+            path: PathBuf::from(prog),
+            source,
+        })
+    }
+
+    /// `spawn_cairn` for a command that makes a user namespace of the machine's ids its first
+    /// act (`enter_namespace`): once it has, a full map is written for it here (only a helper
+    /// outside may), and it is told so on its stdin.
+    fn spawn_in_namespace(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Child> {
+        let map = namespace_ids().ok_or_else(|| {
+            EngineError::Invalid("only a command run without root makes its namespace".to_owned())
+        })?;
+        let stdin = if map.is_full() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let mut child = self.spawn_cairn(args, stdin, stdout, stderr)?;
+        let Some(mut pipe) = child.stdin.take() else {
+            return Ok(child);
+        };
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + HOLDER_START;
+        loop {
+            if Holder::of_pid(pid).is_some() {
+                break;
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                // It failed before unsharing (its stderr says why), or never got there.
+                let _ = child.kill();
+                return Ok(child);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if let Err(e) = map.apply_to(pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
+        // A holder that died meanwhile reports its own end through its exit status.
+        let _ = pipe.write_all(b"mapped\n");
+        Ok(child)
+    }
+
+    /// Starts the holder and returns once its overlay is mounted.
+    pub(crate) fn start_holder(&self, m: &MachineRow) -> Result<Holder> {
+        let _ = std::fs::remove_file(self.pid_file(m));
         let log_path = self.layout(m).state.join("overlay.log");
-        let mut child = spawn_detached(argv, "hold-overlay", &m.name, &log_path)?;
+        let log = log_file(&log_path)?;
+        let out = log.try_clone().map_err(io_at("open", &log_path))?;
+        let mut child =
+            self.spawn_in_namespace(&["hold-overlay", &m.name], out.into(), log.into())?;
         let deadline = Instant::now() + HOLDER_START;
         loop {
             if let Some(h) = self.overlay_holder(m)
@@ -142,7 +217,7 @@ impl Repo {
     pub fn hold_overlay(&self, name: &str) -> Result<()> {
         let m = self.machine_row(name)?;
         let l = self.layout(&m);
-        crate::sandbox::unshare_as_root()?;
+        enter_namespace()?;
         let opts = overlay_options(&l, true);
         mount_overlay(&m.dir, &opts).map_err(|e| {
             EngineError::Invalid(format!(
@@ -155,47 +230,173 @@ impl Repo {
         let tmp = pid_file.with_extension("pid.tmp");
         std::fs::write(&tmp, format!("{}\n", std::process::id()))
             .and_then(|()| std::fs::rename(&tmp, &pid_file))
-            .map_err(|source| EngineError::Io {
-                op: "write",
-                path: pid_file.clone(),
-                source,
-            })?;
+            .map_err(io_at("write", &pid_file))?;
         loop {
             // SAFETY: pause has no preconditions; it returns only when a signal is caught.
             unsafe { libc::pause() };
         }
     }
+
+    /// Ingests the upper in a child (`machine ingest-upper NAME`) that is root of a user
+    /// namespace of the machine's ids, so it may read what the machine's root closed to
+    /// others: a directory of `_apt` with mode 0700, a file of mode 000. It stores what it
+    /// reads and reports the tree; the caller commits it under its own session and lock.
+    pub(crate) fn ingest_upper_in_namespace(&self, m: &MachineRow) -> Result<Ingested> {
+        let child =
+            self.spawn_in_namespace(&["ingest-upper", &m.name], Stdio::piped(), Stdio::piped())?;
+        let out = child
+            .wait_with_output()
+            .map_err(io_at("wait for", "ingest-upper"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(EngineError::Invalid(format!(
+                "reading the upper layer of {} in its user namespace failed ({}): {}",
+                m.name,
+                out.status,
+                err.trim().trim_start_matches("error: ")
+            )));
+        }
+        let done: UpperIngest = serde_json::from_slice(&out.stdout)
+            .map_err(|e| EngineError::Invalid(format!("ingest-upper printed no report ({e})")))?;
+        let cache_path = self.child_cache(m);
+        let cache = StatCache::load(&cache_path);
+        let _ = std::fs::remove_file(&cache_path);
+        Ok(Ingested {
+            root: done.root,
+            logical_bytes: done.logical_bytes,
+            entries: done.entries,
+            read_bytes: done.read_bytes,
+            cache,
+            warnings: done.warnings,
+            frozen: None,
+            written: done.written,
+        })
+    }
+
+    fn child_cache(&self, m: &MachineRow) -> PathBuf {
+        self.layout(m).state.join("statcache.ns")
+    }
+
+    /// The body of `machine ingest-upper NAME`: enter a user namespace of the machine's ids,
+    /// ingest its upper, store what it read, save the stat cache for the parent and print the
+    /// report. The parent holds the machine lock and a session.
+    pub fn ingest_upper_here(&self, name: &str) -> Result<()> {
+        enter_namespace()?;
+        let m = self.machine_row(name)?;
+        let cache = StatCache::load(&self.machine_state_dir(&m.uid).join("statcache"));
+        let epoch = self.catalog.gc_epoch()?;
+        let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
+        let ing = self.ingest_upper(
+            &m,
+            &writer,
+            &super::NoProgress,
+            &cache,
+            epoch,
+            super::checkpoint::UpperRead::InNamespace,
+        )?;
+        let written = writer.flush()?;
+        ing.cache.save(&self.child_cache(&m))?;
+        let report = UpperIngest {
+            root: ing.root,
+            logical_bytes: ing.logical_bytes,
+            entries: ing.entries,
+            read_bytes: ing.read_bytes,
+            warnings: ing.warnings,
+            written,
+        };
+        let json = serde_json::to_string(&report)
+            .map_err(|e| EngineError::Invalid(format!("encode the report: {e}")))?;
+        println!("{json}");
+        Ok(())
+    }
 }
 
-/// Starts `argv machine VERB name` in its own process group (a Ctrl-C meant for the command
-/// that started it must not take the machine down with it), logging to `log_path`.
-pub(crate) fn spawn_detached(
-    argv: &[std::ffi::OsString],
-    verb: &str,
-    name: &str,
-    log_path: &Path,
-) -> Result<std::process::Child> {
-    let io = |op, source| EngineError::Io {
-        op,
-        path: log_path.to_owned(),
-        source,
-    };
-    let log = std::fs::File::create(log_path).map_err(|e| io("create", e))?;
-    let (prog, args) = argv
-        .split_first()
-        .ok_or_else(|| EngineError::Invalid("no cairn command to start".to_owned()))?;
-    let mut cmd = std::process::Command::new(prog);
-    cmd.args(args)
-        .args(["machine", verb, name])
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().map_err(|e| io("open", e))?)
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn().map_err(|source| EngineError::Io {
-        op: "start",
-        path: PathBuf::from(prog),
-        source,
-    })
+impl Repo {
+    /// Without root: removes in a user namespace of the machine's ids (`machine sweep-state
+    /// UID`) what the user alone may not, the old uppers of machine `uid` or (`all`) its whole
+    /// state directory. Best effort: a failure is logged, and the next sweep tries again.
+    pub(crate) fn sweep_in_namespace(&self, uid: &str, all: bool) {
+        if !crate::sandbox::rootless() {
+            return;
+        }
+        let mut args = vec!["sweep-state", uid];
+        if all {
+            args.push("--all");
+        }
+        let done = self
+            .spawn_in_namespace(&args, Stdio::null(), Stdio::piped())
+            .and_then(|c| {
+                c.wait_with_output()
+                    .map_err(io_at("wait for", "sweep-state"))
+            });
+        match done {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => tracing::warn!(
+                "could not sweep the state of machine {uid}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => tracing::warn!("could not sweep the state of machine {uid}: {e}"),
+        }
+    }
+
+    /// The body of `machine sweep-state UID [--all]`.
+    pub fn sweep_state_here(&self, uid: &str, all: bool) -> Result<()> {
+        if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::Invalid(format!(
+                "{uid:?} is not a machine uid"
+            )));
+        }
+        enter_namespace()?;
+        let state = self.machine_state_dir(uid);
+        if all {
+            remove_tree(&state);
+        } else {
+            super::mounted::sweep_old_uppers(&state);
+        }
+        Ok(())
+    }
+}
+
+/// What `machine ingest-upper` reports to the command that started it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UpperIngest {
+    root: TreeId,
+    logical_bytes: u64,
+    entries: u64,
+    read_bytes: u64,
+    warnings: Vec<String>,
+    written: super::blobs::WriteStats,
+}
+
+/// In a command started by `spawn_in_namespace`, first thing: become root of a user
+/// namespace of the machine's ids, waiting for the starter to write a full map.
+fn enter_namespace() -> Result<()> {
+    let map = namespace_ids().ok_or_else(|| {
+        EngineError::Invalid("this internal command is for running without root".to_owned())
+    })?;
+    crate::sandbox::unshare_as_root(&map, || {
+        // The starter writes the map, then says so (or closes the pipe, having failed).
+        let mut said = [0u8; 1];
+        match std::io::stdin().read(&mut said) {
+            Ok(1) => Ok(()),
+            _ => Err(crate::sandbox::SandboxError::Io {
+                op: "wait for the id map of",
+                path: PathBuf::from("/proc/self/uid_map"),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+        }
+    })?;
+    Ok(())
+}
+
+fn io_at(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.as_ref().to_owned();
+    move |source| EngineError::Io { op, path, source }
+}
+
+/// A fresh log file for a detached process's output.
+pub(crate) fn log_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::create(path).map_err(io_at("create", path))
 }
 
 /// Removes `path` and everything below it, as `remove_dir_all`, and also where the machine's
@@ -222,4 +423,24 @@ pub(crate) fn remove_tree(path: &Path) {
     if let Err(e) = std::fs::remove_dir_all(path) {
         tracing::warn!("could not remove {}: {e}", path.display());
     }
+}
+
+/// Read as the user (`UpperRead::AsUser`, for a diff against the live machine), the upper may
+/// hold what the machine's root closed to them: say which entry, and how to open it.
+pub(crate) fn unreadable(e: EngineError, m: &MachineRow, upper: &Path) -> EngineError {
+    let EngineError::Rootfs(crate::rootfs::RootfsError::Io { path, source, .. }) = &e else {
+        return e;
+    };
+    if source.kind() != std::io::ErrorKind::PermissionDenied || !crate::sandbox::rootless() {
+        return e;
+    }
+    let inside = Path::new(path)
+        .strip_prefix(upper)
+        .map_or_else(|_| path.clone(), |p| format!("/{}", p.display()));
+    EngineError::Invalid(format!(
+        "{inside} in machine {} is closed to the user running cairn, who reads the machine's \
+         changes for this command without root; a checkpoint reads it (in the machine's user \
+         namespace), or open it with `cairn run {} -- chmod o+rX {inside}`",
+        m.name, m.name
+    ))
 }

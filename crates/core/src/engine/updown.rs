@@ -318,10 +318,20 @@ impl Repo {
                 lock(&self.views).insert(m.uid.clone(), view);
                 Ok(())
             }
-            LowerServer::Process(argv) => {
+            LowerServer::Process(_) => {
                 let log_path = self.layout(m).state.join("lower.log");
-                let mut child =
-                    super::rootless::spawn_detached(argv, "serve-lower", &m.name, &log_path)?;
+                let log = super::rootless::log_file(&log_path)?;
+                let out = log.try_clone().map_err(|source| EngineError::Io {
+                    op: "open",
+                    path: log_path.clone(),
+                    source,
+                })?;
+                let mut child = self.spawn_cairn(
+                    &["serve-lower", &m.name],
+                    std::process::Stdio::null(),
+                    out.into(),
+                    log.into(),
+                )?;
                 let deadline = Instant::now() + SERVER_START;
                 let want = lower_name(m, root);
                 loop {
@@ -441,11 +451,11 @@ fn lower_name(m: &MachineRow, root: crate::model::TreeId) -> String {
 /// root, only the user's own processes use it (`fusermount3` would refuse the rest), and its
 /// root files are the user's (see `rootless.rs`).
 fn lower_options() -> MountOptions {
-    let namespace_root = super::rootless::namespace_root();
+    let ids = super::rootless::namespace_ids();
     MountOptions {
-        allow_other: namespace_root.is_none(),
-        devices_and_setuid: namespace_root.is_none(),
-        root_owner: namespace_root,
+        allow_other: ids.is_none(),
+        devices_and_setuid: ids.is_none(),
+        ids,
         ..MountOptions::default()
     }
 }

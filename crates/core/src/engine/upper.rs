@@ -48,9 +48,9 @@ pub(crate) struct UpperBase<'a> {
     pub logical: u64,
     /// `TRUSTED_PREFIX` or `USER_PREFIX`.
     pub xattr_prefix: &'static [u8],
-    /// The host uid and gid that are root in the overlay's user namespace, when it has one:
-    /// the upper's files of that owner are root's (`rootless.rs`).
-    pub owner: Option<(u32, u32)>,
+    /// The ids of the overlay's user namespace, when it has one: the upper's files carry the
+    /// host ids they map from (`rootless.rs`).
+    pub ids: Option<crate::sandbox::IdMap>,
 }
 
 impl UpperBase<'_> {
@@ -85,16 +85,12 @@ impl UpperBase<'_> {
     }
 
     /// The metadata of an upper entry as the machine sees it: overlay-private xattrs dropped
-    /// (`strip_xattrs`) and, in a user namespace, its root's host ids turned back into 0.
+    /// (`strip_xattrs`) and, in a user namespace, host ids turned back into the machine's.
     pub(crate) fn meta(&self, stat: &Stat, xattrs: Vec<Xattr>) -> Meta {
         let mut meta = meta_from_stat(stat, self.strip_xattrs(xattrs));
-        if let Some((uid, gid)) = self.owner {
-            if meta.uid == uid {
-                meta.uid = 0;
-            }
-            if meta.gid == gid {
-                meta.gid = 0;
-            }
+        if let Some(ids) = &self.ids {
+            meta.uid = ids.inside_uid(meta.uid).unwrap_or(meta.uid);
+            meta.gid = ids.inside_gid(meta.gid).unwrap_or(meta.gid);
         }
         meta
     }

@@ -36,8 +36,8 @@ pub(super) struct ViewFs {
     /// only a subtree.
     top: Node,
     requests: Arc<Requests>,
-    /// The host ids that uid 0 and gid 0 of the tree show as (`MountOptions::root_owner`).
-    root_owner: Option<(u32, u32)>,
+    /// The host ids the tree's owners show as (`MountOptions::ids`).
+    ids: Option<crate::sandbox::IdMap>,
 }
 
 impl ViewFs {
@@ -56,13 +56,13 @@ impl ViewFs {
             inodes: Inodes::with_root(path, root),
             top,
             requests,
-            root_owner: None,
+            ids: None,
         }
     }
 
-    /// Shows the tree's uid 0 and gid 0 as `uid` and `gid`.
-    pub(super) fn with_root_owner(mut self, owner: Option<(u32, u32)>) -> ViewFs {
-        self.root_owner = owner;
+    /// Shows the tree's owners as the host ids `ids` maps them to.
+    pub(super) fn with_ids(mut self, ids: Option<crate::sandbox::IdMap>) -> ViewFs {
+        self.ids = ids;
         self
     }
 
@@ -169,14 +169,16 @@ impl ViewFs {
             kind,
             perm: (m.mode & 0o7777) as u16,
             nlink: nlink.max(1),
-            uid: match self.root_owner {
-                Some((uid, _)) if m.uid == 0 => uid,
-                _ => m.uid,
-            },
-            gid: match self.root_owner {
-                Some((_, gid)) if m.gid == 0 => gid,
-                _ => m.gid,
-            },
+            uid: self
+                .ids
+                .as_ref()
+                .and_then(|ids| ids.host_uid(m.uid))
+                .unwrap_or(m.uid),
+            gid: self
+                .ids
+                .as_ref()
+                .and_then(|ids| ids.host_gid(m.gid))
+                .unwrap_or(m.gid),
             rdev,
             blksize: BLOCK,
             flags: 0,

@@ -120,10 +120,10 @@ pub struct MountOptions {
     pub threads: usize,
     /// Bound of the decompressed-chunk cache, in bytes.
     pub chunk_cache_bytes: usize,
-    /// Show the tree's uid 0 and gid 0 as these host ids. The lower layer of a machine run
-    /// without root needs it: its user namespace maps only the user to root, so a file of the
-    /// tree's root must be the user's on the host to be root's inside.
-    pub root_owner: Option<(u32, u32)>,
+    /// Show the tree's owners as the host ids that a machine's user namespace maps them from.
+    /// The lower layer of a machine run without root needs it: a file of the tree's root must
+    /// be the user's on the host to be root's inside. Ids the map lacks show unchanged.
+    pub ids: Option<crate::sandbox::IdMap>,
 }
 
 impl Default for MountOptions {
@@ -134,7 +134,7 @@ impl Default for MountOptions {
             devices_and_setuid: false,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             chunk_cache_bytes: 64 << 20,
-            root_owner: None,
+            ids: None,
         }
     }
 }
@@ -283,7 +283,7 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
         spec.root,
         Arc::clone(&requests),
     )
-    .with_root_owner(opts.root_owner);
+    .with_ids(opts.ids.clone());
     use fuser::MountOption as O;
     let mut config = fuser::Config::default();
     config.mount_options = vec![

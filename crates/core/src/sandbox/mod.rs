@@ -17,6 +17,6 @@ mod userns;
 pub use bwrap::{Bind, RunOptions, run_sandboxed, sandboxed_command, spawn_sandboxed};
 pub use cgroup::{Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport};
 pub use error::SandboxError;
-pub use userns::{Holder, SignalFreeze, path_from_host, rootless, unshare_as_root};
+pub use userns::{Holder, IdMap, SignalFreeze, path_from_host, rootless, unshare_as_root};
 
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;

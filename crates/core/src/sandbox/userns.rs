@@ -2,9 +2,11 @@
 //! calling user is root, with a mount namespace of its own, held open by one process (the
 //! *holder*, see `engine/rootless.rs`).
 //!
-//! - Only the calling user's own uid and gid are mapped, both to 0: the machine's root is the
-//!   user on the host, and every file the machine writes is the user's. Files of the base owned
-//!   by anyone else show as the overflow id (`nobody`) inside and cannot be changed there.
+//! - The namespace maps the user's own uid and gid to 0 and, when the user has subordinate ids
+//!   (`/etc/subuid`, `/etc/subgid`) and `newuidmap`/`newgidmap` are installed, ids 1–65535 to
+//!   the first 65535 of them (`IdMap`). With the subordinate ids every owner works inside; with
+//!   only the user's own, files of the base owned by anyone else show as the overflow id
+//!   (`nobody`) inside and cannot be changed there.
 //! - Processes reach the machine by joining the holder's namespaces (`Namespaces::enter`,
 //!   between fork and exec); they are found again by their user namespace (`Holder::members`).
 //! - Without a cgroup the user may write, those members are stopped and continued by signals
@@ -29,14 +31,162 @@ fn io_err(
     move |source| SandboxError::Io { op, path, source }
 }
 
-/// Makes this process root of a new user namespace that maps only its own uid and gid (to 0),
-/// with a new mount namespace owned by it. The process must be single-threaded (the kernel
-/// refuses otherwise); it keeps every capability inside the namespace and none outside.
-pub fn unshare_as_root() -> Result<()> {
-    let (uid, gid) = (
-        rustix::process::getuid().as_raw(),
-        rustix::process::getgid().as_raw(),
-    );
+/// One run of ids: `count` ids from `inside` in the namespace are `host`… on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub inside: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+/// The ids a machine's user namespace maps: its root is the user, and with subordinate ids,
+/// 1–65535 are those.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdMap {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+}
+
+/// Ids a namespace maps beside root: 1–65535, the ids of ordinary systems.
+const SUBORDINATE: u32 = 65535;
+
+impl IdMap {
+    /// The map for `uid`/`gid`: with subordinate ids when both files grant a range of at least
+    /// 65535 ids (by name or number) and both helpers are installed, else root alone.
+    pub fn for_user(uid: u32, gid: u32) -> IdMap {
+        let root = |id| IdRange {
+            inside: 0,
+            host: id,
+            count: 1,
+        };
+        let mut map = IdMap {
+            uids: vec![root(uid)],
+            gids: vec![root(gid)],
+        };
+        let name = user_name(uid);
+        let range = |file: &str| {
+            let text = std::fs::read_to_string(file).ok()?;
+            subordinate_range(&text, uid, name.as_deref())
+        };
+        if let (Some(su), Some(sg), true) = (
+            range("/etc/subuid"),
+            range("/etc/subgid"),
+            helper("newuidmap").is_some() && helper("newgidmap").is_some(),
+        ) {
+            let sub = |host| IdRange {
+                inside: 1,
+                host,
+                count: SUBORDINATE,
+            };
+            map.uids.push(sub(su));
+            map.gids.push(sub(sg));
+        }
+        map
+    }
+
+    /// True when ids other than root are mapped, which only `newuidmap` can set up.
+    pub fn is_full(&self) -> bool {
+        self.uids.len() > 1
+    }
+
+    /// The host id of namespace id `id`, if mapped.
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        to_host(&self.uids, id)
+    }
+
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        to_host(&self.gids, id)
+    }
+
+    /// The namespace id of host id `id`, if mapped.
+    pub fn inside_uid(&self, id: u32) -> Option<u32> {
+        to_inside(&self.uids, id)
+    }
+
+    pub fn inside_gid(&self, id: u32) -> Option<u32> {
+        to_inside(&self.gids, id)
+    }
+
+    /// Writes the map of the user namespace of `pid` with `newuidmap` and `newgidmap`.
+    pub fn apply_to(&self, pid: i32) -> Result<()> {
+        for (helper_name, ranges) in [("newuidmap", &self.uids), ("newgidmap", &self.gids)] {
+            let bin = helper(helper_name).ok_or_else(|| SandboxError::Io {
+                op: "find",
+                path: PathBuf::from(helper_name),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.arg(pid.to_string());
+            for r in ranges {
+                cmd.args([r.inside, r.host, r.count].map(|n| n.to_string()));
+            }
+            let out = cmd.output().map_err(io_err("run", &bin))?;
+            if !out.status.success() {
+                return Err(SandboxError::Io {
+                    op: "map the machine's ids with",
+                    path: bin,
+                    source: std::io::Error::other(
+                        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_host(ranges: &[IdRange], id: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| id >= r.inside && id - r.inside < r.count)
+        .map(|r| r.host + (id - r.inside))
+}
+
+fn to_inside(ranges: &[IdRange], id: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| id >= r.host && id - r.host < r.count)
+        .map(|r| r.inside + (id - r.host))
+}
+
+/// The first range of at least `SUBORDINATE` ids granted to `uid` (or `name`) in a
+/// `/etc/subuid`-style text of `who:start:count` lines.
+fn subordinate_range(text: &str, uid: u32, name: Option<&str>) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        let ours = who == uid.to_string() || Some(who) == name;
+        let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
+        (ours && count >= SUBORDINATE && start.checked_add(SUBORDINATE).is_some()).then_some(start)
+    })
+}
+
+/// The login name of `uid` in /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        (f.next()? == uid.to_string()).then(|| name.to_owned())
+    })
+}
+
+/// A setuid helper from the `uidmap` package, found in PATH or /usr/bin.
+fn helper(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Makes this process root of a new user namespace, with a new mount namespace owned by it.
+/// The process must be single-threaded (the kernel refuses otherwise); it keeps every
+/// capability inside the namespace and none outside. A map of root alone is written here; a
+/// full one only another process can write (`IdMap::apply_to`), so `wait_for_map` is called
+/// to wait for it.
+pub fn unshare_as_root(map: &IdMap, wait_for_map: impl FnOnce() -> Result<()>) -> Result<()> {
     // SAFETY: unshare has no memory preconditions; it fails cleanly if threads exist.
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -47,6 +197,20 @@ pub fn unshare_as_root() -> Result<()> {
             source: e,
         });
     }
+    if map.is_full() {
+        wait_for_map()?;
+        // Root of the namespace now, but with the groups of the user: drop them, so that
+        // files of those groups are not reachable through them inside.
+        // SAFETY: setgroups with an empty list reads no memory.
+        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+            return Err(io_err(
+                "drop the supplementary groups in",
+                "/proc/self/ns/user",
+            )(std::io::Error::last_os_error()));
+        }
+        return Ok(());
+    }
+    let (uid, gid) = (map.uids[0].host, map.gids[0].host);
     // gid_map may only be written once setgroups is denied (a user must not drop the groups
     // that deny it access).
     for (file, text) in [
@@ -269,4 +433,55 @@ pub fn path_from_host(holder: &Holder, path: &Path) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/{}/root", holder.pid));
     p.push(path.strip_prefix("/").unwrap_or(path));
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subordinate_range_is_found_by_name_or_number_and_must_be_big_enough() {
+        let text = "alice:100000:65536\n1000:300000:65536\nbob:200000:1000\n";
+        assert_eq!(subordinate_range(text, 5, Some("alice")), Some(100000));
+        assert_eq!(subordinate_range(text, 1000, Some("carol")), Some(300000));
+        assert_eq!(subordinate_range(text, 7, Some("bob")), None, "too few ids");
+        assert_eq!(subordinate_range(text, 8, None), None);
+        assert_eq!(
+            subordinate_range("x:4294967295:65536\n", 9, Some("x")),
+            None
+        );
+    }
+
+    #[test]
+    fn ids_map_both_ways_and_unmapped_ones_do_not() {
+        let map = IdMap {
+            uids: vec![
+                IdRange {
+                    inside: 0,
+                    host: 1000,
+                    count: 1,
+                },
+                IdRange {
+                    inside: 1,
+                    host: 100000,
+                    count: SUBORDINATE,
+                },
+            ],
+            gids: vec![IdRange {
+                inside: 0,
+                host: 1000,
+                count: 1,
+            }],
+        };
+        assert!(map.is_full());
+        assert_eq!(map.host_uid(0), Some(1000));
+        assert_eq!(map.host_uid(1), Some(100000));
+        assert_eq!(map.host_uid(65535), Some(165534));
+        assert_eq!(map.host_uid(65536), None);
+        assert_eq!(map.inside_uid(100041), Some(42));
+        assert_eq!(map.inside_uid(1000), Some(0));
+        assert_eq!(map.inside_uid(5), None);
+        assert_eq!(map.host_gid(1), None);
+        assert_eq!(map.inside_gid(1000), Some(0));
+    }
 }

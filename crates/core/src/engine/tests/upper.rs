@@ -198,7 +198,7 @@ fn ingest_dry(
         entries: c.checkpoint.entries,
         logical: c.checkpoint.logical_bytes,
         xattr_prefix,
-        owner: None,
+        ids: None,
     });
     let opts = IngestOptions {
         progress: &NoProgress,
