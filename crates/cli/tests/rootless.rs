@@ -428,5 +428,7 @@ fn a_user_without_subordinate_ids_runs_a_machine_of_root_alone() {
         "1234/1234",
         "the base keeps its owners"
     );
+    let e = as_nobody(&env, ["restore", "box@v1:/etc"]).json_error(1);
+    assert!(e.contains("a restore of one path of box needs root"), "{e}");
     as_nobody(&env, ["machine", "down", "box"]).ok();
 }

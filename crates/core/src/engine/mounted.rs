@@ -300,6 +300,17 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         if let Some(path) = path.filter(|p| !p.is_empty()) {
+            if crate::sandbox::rootless() {
+                // It writes through the machine's root, which without root only its
+                // namespace sees, with owners only its root may set.
+                return Err(EngineError::Invalid(format!(
+                    "a restore of one path of {} needs root: without it the machine's files \
+                     live in its own user namespace; restore the whole machine \
+                     (`cairn restore {}@v{}`), or take the files from `cairn cat` or \
+                     `cairn export` of that checkpoint",
+                    m.name, target.machine, target.version
+                )));
+            }
             return self.restore_mounted_path(m, target, path, progress);
         }
         let mut phases = Vec::new();
