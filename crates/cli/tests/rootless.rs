@@ -233,16 +233,20 @@ fn a_mounted_machine_without_root() {
     crate::mounted::wait_until("the loop writes", || {
         std::fs::metadata(reach.join("tmp/log")).is_ok()
     });
-    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
-    let phases: Vec<&str> = c["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert!(phases.contains(&"freeze"), "{c}");
+    // Without a cgroup the freeze is by SIGSTOP, and the shell's `vfork` of each `sleep`
+    // leaves it waiting where no signal reaches it: several checkpoints in a row meet that.
+    for _ in 0..8 {
+        let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+        let phases: Vec<&str> = c["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(phases.contains(&"freeze"), "{c}");
+    }
     let r = as_nobody(&env, ["restore", "box@v1"]).json();
-    assert_eq!(r["undo"], "box@v4", "{r}");
+    assert!(r["undo"].is_string(), "{r}");
     let busy = busy.wait().unwrap();
     assert!(!busy.success(), "the restore stopped the machine's process");
     let run = as_nobody(

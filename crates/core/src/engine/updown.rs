@@ -384,6 +384,12 @@ impl Repo {
         if let Some(mut view) = held {
             view.join()?;
         }
+        // A detached server ends after its unmount (at once, or once it sees its view gone
+        // from the mount table, `serve_lower`), and holds the lower lock until then: so the
+        // machine is down only when nothing serves it.
+        if matches!(self.lower_server, LowerServer::Process(_)) {
+            let _ = self.lock_lower_server(&m.uid, LOWER_LOCK_WAIT)?;
+        }
         Ok(())
     }
 
@@ -413,19 +419,40 @@ impl Repo {
         let at = view.mountpoint().to_owned();
         let source = crate::mount::fsname(&lower_name(&m, base.root));
         std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(Duration::from_millis(200));
-                if mount_at(&at)
+            watch_mount_table(|| {
+                mount_at(&at)
                     .ok()
                     .flatten()
-                    .is_none_or(|e| e.source != source)
-                {
-                    tracing::info!("the view left the mount table; exiting");
-                    std::process::exit(0);
-                }
-            }
+                    .is_some_and(|e| e.source == source)
+            });
+            tracing::info!("the view left the mount table; exiting");
+            std::process::exit(0);
         });
         Ok(view.join()?)
+    }
+}
+
+/// Returns once `present` is false, checking it whenever this process's mount table changes
+/// (the kernel wakes a `poll` of `/proc/self/mountinfo` then) and at least every second.
+fn watch_mount_table(present: impl Fn() -> bool) {
+    use std::io::{Read, Seek};
+    let mut table = std::fs::File::open("/proc/self/mountinfo").ok();
+    let mut buf = Vec::new();
+    while present() {
+        let Some(f) = table.as_mut() else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(f),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        // Reading the table again re-arms the notification.
+        buf.clear();
+        let _ = f.rewind().and_then(|()| f.read_to_end(&mut buf));
     }
 }
 

@@ -360,9 +360,16 @@ impl Holder {
     }
 }
 
-/// True when `pid` is stopped (or gone, which is as still).
+/// True when `pid` is stopped (or gone, which is as still), or waits in `vfork` for a child
+/// to exec or exit: the child is a member too, and while it is stopped the parent cannot
+/// leave the system call (nor would SIGSTOP reach it there).
 fn stopped(pid: i32) -> bool {
-    matches!(state(pid), None | Some('T' | 't' | 'Z' | 'X'))
+    match state(pid) {
+        None | Some('T' | 't' | 'Z' | 'X') => true,
+        Some('D') => std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .is_ok_and(|w| w.contains("vfork") || w.trim() == "kernel_clone"),
+        Some(_) => false,
+    }
 }
 
 /// The state letter of `pid` (`R`, `S`, `T`, `Z`…), or None once it is gone.
