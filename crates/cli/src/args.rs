@@ -479,6 +479,9 @@ pub enum MachineCmd {
     IngestUpper {
         #[arg(value_name = "NAME")]
         name: String,
+        /// Store nothing; hand the trees back (a diff against the live machine)
+        #[arg(long)]
+        dry: bool,
     },
 
     /// Remove a machine's old upper layers in its user namespace (started without root)

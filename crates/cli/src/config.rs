@@ -77,7 +77,10 @@ pub enum Command {
     /// The detached holder of a mounted machine's overlay, without root.
     HoldOverlay(String),
     /// A rootless checkpoint's reader of the upper layer, in a user namespace.
-    IngestUpper(String),
+    IngestUpper {
+        name: String,
+        dry: bool,
+    },
     /// A rootless sweep of a machine's state, in a user namespace.
     SweepState {
         uid: String,
@@ -456,7 +459,10 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
         Cmd::Machine(MachineCmd::Down { name }) => Command::MachineDown(machine_name(name)?),
         Cmd::Machine(MachineCmd::ServeLower { name }) => Command::ServeLower(machine_name(name)?),
         Cmd::Machine(MachineCmd::HoldOverlay { name }) => Command::HoldOverlay(machine_name(name)?),
-        Cmd::Machine(MachineCmd::IngestUpper { name }) => Command::IngestUpper(machine_name(name)?),
+        Cmd::Machine(MachineCmd::IngestUpper { name, dry }) => Command::IngestUpper {
+            name: machine_name(name)?,
+            dry,
+        },
         Cmd::Machine(MachineCmd::SweepState { uid, all }) => Command::SweepState { uid, all },
         Cmd::Machine(MachineCmd::List) => Command::MachineList,
         Cmd::Machine(MachineCmd::Show { name }) => Command::MachineShow(machine_name(name)?),

@@ -46,7 +46,7 @@ pub fn run(config: Config) -> anyhow::Result<Status> {
         Command::MachineDown(name) => mounted::down(&repo, &p, &name)?,
         Command::ServeLower(name) => repo.serve_lower(&name)?,
         Command::HoldOverlay(name) => repo.hold_overlay(&name)?,
-        Command::IngestUpper(name) => repo.ingest_upper_here(&name)?,
+        Command::IngestUpper { name, dry } => repo.ingest_upper_here(&name, dry)?,
         Command::SweepState { uid, all } => repo.sweep_state_here(&uid, all)?,
         Command::Run { machine, spec } => return mounted::run(&repo, &p, &machine, &spec),
         Command::MachineList => machine::list(&repo, &p)?,

@@ -90,6 +90,13 @@ impl<'a> BlobWriter<'a> {
     }
 
     /// The trees a dry writer kept.
+    /// Adds trees another dry writer kept (one in a child, see `rootless.rs`).
+    pub(crate) fn keep_trees(&self, trees: HashMap<TreeId, Arc<Tree>>) {
+        if let Some(m) = &self.dry {
+            lock(m).extend(trees);
+        }
+    }
+
     pub(crate) fn take_trees(&self) -> HashMap<TreeId, Arc<Tree>> {
         self.dry
             .as_ref()

@@ -103,17 +103,12 @@ impl Repo {
             // The machine's processes stand still while its upper is read, so the checkpoint
             // is one instant of it; they run again as soon as the walk ends.
             let frozen = self.freeze_machine(m)?;
-            let mut ing = if super::rootless::namespace_ids().is_some() && !writer.is_dry() {
+            let mut ing = if super::rootless::namespace_ids().is_some() {
                 // Without root, only a user namespace of the machine's ids may read all of
                 // the upper (`rootless.rs`).
-                self.ingest_upper_in_namespace(m)?
+                self.ingest_upper_in_namespace(m, writer)?
             } else {
-                let read = match super::rootless::namespace_ids() {
-                    Some(_) => UpperRead::AsUser,
-                    None => UpperRead::Root,
-                };
-                self.ingest_upper(m, writer, progress, &cache, epoch, read)
-                    .map_err(|e| super::rootless::unreadable(e, m, &self.layout(m).upper))?
+                self.ingest_upper(m, writer, progress, &cache, epoch, UpperRead::Root)?
             };
             ing.frozen = frozen.as_ref().map(|f| f.took);
             drop(frozen);
@@ -156,12 +151,8 @@ impl Repo {
         let src = BlobSource::new(&self.store, &self.catalog_path())?;
         // Without root, the overlay is mounted in a user namespace (`rootless.rs`), and its
         // attributes are `user.overlay.*`. Read from inside a namespace of the machine's ids,
-        // the upper already shows the machine's owners; read from outside, the host's.
-        let (user, ids) = match read {
-            UpperRead::Root => (false, None),
-            UpperRead::AsUser => (true, super::rootless::namespace_ids()),
-            UpperRead::InNamespace => (true, None),
-        };
+        // the upper shows the machine's own owners.
+        let user = read == UpperRead::InNamespace;
         let opts = IngestOptions {
             progress,
             cache,
@@ -173,7 +164,6 @@ impl Repo {
                 entries: base.entries,
                 logical: base.logical_bytes,
                 xattr_prefix: if user { USER_PREFIX } else { TRUSTED_PREFIX },
-                ids,
             }),
         };
         ingest(&root, writer, &opts)
@@ -413,8 +403,6 @@ impl Repo {
 pub(crate) enum UpperRead {
     /// Root, of an overlay mounted by root.
     Root,
-    /// The user, from outside the overlay's user namespace: only what the modes let them.
-    AsUser,
     /// Root of a user namespace of the machine's ids (`machine ingest-upper`).
     InNamespace,
 }

@@ -1,21 +1,23 @@
-//! Mounted machines without root.
+//! Mounted machines without root (ARCHITECTURE.md, "Mounted machines without root").
 //!
 //! The view of the base is mounted as for root, through `fusermount3`, at `lower/` in the
-//! host's mount table, with the tree's root showing as the user (`MountOptions::root_owner`).
-//! The overlay cannot be mounted there: only a user namespace lets an ordinary user mount one.
-//! So `machine up` starts a second detached process, the *holder*
-//! (`machine hold-overlay NAME`), which becomes root of a user namespace of its own
-//! (`sandbox::unshare_as_root`), mounts the overlay at the machine's path in its new mount
-//! namespace (`userxattr`: overlayfs keeps its own attributes as `user.overlay.*`), records its
-//! pid in `overlay.pid` and sleeps.
+//! host's mount table, with the tree's owners shown through the namespace's id map
+//! (`MountOptions::ids`). The overlay cannot be mounted there: only a user namespace lets an
+//! ordinary user mount one. So `machine up` starts a second detached process, the *holder*
+//! (`machine hold-overlay NAME`), which becomes root of a user namespace of the machine's ids
+//! (`enter_namespace`), mounts the overlay at the machine's path in its new mount namespace
+//! (`userxattr`: overlayfs keeps its own attributes as `user.overlay.*`), records its pid in
+//! `overlay.pid` and sleeps.
 //!
 //! - The machine is up while that pid's mount table has an overlay at the machine's path.
 //! - `run` and `shell` join the holder's namespaces before bubblewrap starts.
 //! - `machine down` kills the processes in the holder's user namespace, then the holder, and
 //!   its mount namespace and overlay end with it. No stale overlay can outlive it in the
 //!   host's mount table, because none was ever there.
-//! - The upper layer is an ordinary directory of the user's: what the machine's root writes is
-//!   the user's own on the host, and a checkpoint records it as root's (`UpperBase::ids`).
+//! - What the machine's root writes is the user's own on the host (or one of the user's
+//!   subordinate ids), with the modes it chose: checkpoints read the upper, and sweeps remove
+//!   old ones, in children that are root of a namespace of the same ids
+//!   (`machine ingest-upper`, `machine sweep-state`).
 
 use super::blobs::BlobWriter;
 use super::ingest::Ingested;
@@ -23,11 +25,13 @@ use super::mounted::Layout;
 use super::statcache::StatCache;
 use super::{EngineError, LowerServer, Repo, Result};
 use crate::catalog::MachineRow;
-use crate::model::TreeId;
+use crate::model::{Tree, TreeId};
 use crate::sandbox::{Holder, IdMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a starting holder may take to mount the overlay.
@@ -239,11 +243,20 @@ impl Repo {
 
     /// Ingests the upper in a child (`machine ingest-upper NAME`) that is root of a user
     /// namespace of the machine's ids, so it may read what the machine's root closed to
-    /// others: a directory of `_apt` with mode 0700, a file of mode 000. It stores what it
-    /// reads and reports the tree; the caller commits it under its own session and lock.
-    pub(crate) fn ingest_upper_in_namespace(&self, m: &MachineRow) -> Result<Ingested> {
-        let child =
-            self.spawn_in_namespace(&["ingest-upper", &m.name], Stdio::piped(), Stdio::piped())?;
+    /// others (a directory of `_apt` with mode 0700, a file of mode 000) and sees the
+    /// machine's own owners. It stores what it reads and reports the tree; the caller commits
+    /// it under its own session and lock. For a dry `writer` it stores nothing and hands its
+    /// trees over instead.
+    pub(crate) fn ingest_upper_in_namespace(
+        &self,
+        m: &MachineRow,
+        writer: &BlobWriter<'_>,
+    ) -> Result<Ingested> {
+        let mut args = vec!["ingest-upper", m.name.as_str()];
+        if writer.is_dry() {
+            args.push("--dry");
+        }
+        let child = self.spawn_in_namespace(&args, Stdio::piped(), Stdio::piped())?;
         let out = child
             .wait_with_output()
             .map_err(io_at("wait for", "ingest-upper"))?;
@@ -258,9 +271,15 @@ impl Repo {
         }
         let done: UpperIngest = serde_json::from_slice(&out.stdout)
             .map_err(|e| EngineError::Invalid(format!("ingest-upper printed no report ({e})")))?;
-        let cache_path = self.child_cache(m);
+        let cache_path = self.child_file(m, "statcache.ns");
         let cache = StatCache::load(&cache_path);
         let _ = std::fs::remove_file(&cache_path);
+        if writer.is_dry() {
+            let trees_path = self.child_file(m, "trees.ns");
+            let bytes = std::fs::read(&trees_path).map_err(io_at("read", &trees_path))?;
+            let _ = std::fs::remove_file(&trees_path);
+            writer.keep_trees(decode_trees(&bytes)?);
+        }
         Ok(Ingested {
             root: done.root,
             logical_bytes: done.logical_bytes,
@@ -273,19 +292,24 @@ impl Repo {
         })
     }
 
-    fn child_cache(&self, m: &MachineRow) -> PathBuf {
-        self.layout(m).state.join("statcache.ns")
+    /// What `machine ingest-upper` hands back beside its report.
+    fn child_file(&self, m: &MachineRow, name: &str) -> PathBuf {
+        self.layout(m).state.join(name)
     }
 
     /// The body of `machine ingest-upper NAME`: enter a user namespace of the machine's ids,
     /// ingest its upper, store what it read, save the stat cache for the parent and print the
     /// report. The parent holds the machine lock and a session.
-    pub fn ingest_upper_here(&self, name: &str) -> Result<()> {
+    pub fn ingest_upper_here(&self, name: &str, dry: bool) -> Result<()> {
         enter_namespace()?;
         let m = self.machine_row(name)?;
         let cache = StatCache::load(&self.machine_state_dir(&m.uid).join("statcache"));
         let epoch = self.catalog.gc_epoch()?;
-        let writer = BlobWriter::new(&self.store, &self.catalog_path())?;
+        let writer = if dry {
+            BlobWriter::new_dry(&self.store, &self.catalog_path())?
+        } else {
+            BlobWriter::new(&self.store, &self.catalog_path())?
+        };
         let ing = self.ingest_upper(
             &m,
             &writer,
@@ -295,7 +319,12 @@ impl Repo {
             super::checkpoint::UpperRead::InNamespace,
         )?;
         let written = writer.flush()?;
-        ing.cache.save(&self.child_cache(&m))?;
+        ing.cache.save(&self.child_file(&m, "statcache.ns"))?;
+        if dry {
+            let path = self.child_file(&m, "trees.ns");
+            std::fs::write(&path, encode_trees(&writer.take_trees())?)
+                .map_err(io_at("write", &path))?;
+        }
         let report = UpperIngest {
             root: ing.root,
             logical_bytes: ing.logical_bytes,
@@ -355,6 +384,32 @@ impl Repo {
         }
         Ok(())
     }
+}
+
+/// Trees as a dry writer kept them, each as its length (4 bytes, little-endian) and encoding.
+fn encode_trees(trees: &HashMap<TreeId, Arc<Tree>>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for tree in trees.values() {
+        let (_, bytes) = crate::model::encode_tree(tree)?;
+        out.extend((bytes.len() as u32).to_le_bytes());
+        out.extend(bytes);
+    }
+    Ok(out)
+}
+
+fn decode_trees(mut bytes: &[u8]) -> Result<HashMap<TreeId, Arc<Tree>>> {
+    let mut trees = HashMap::new();
+    while !bytes.is_empty() {
+        let bad = || EngineError::Invalid("ingest-upper handed back a cut tree list".to_owned());
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (one, rest) = rest.split_at_checked(len).ok_or_else(bad)?;
+        let tree = crate::model::decode_tree(one)?;
+        let (id, _) = crate::model::encode_tree(&tree)?;
+        trees.insert(id, Arc::new(tree));
+        bytes = rest;
+    }
+    Ok(trees)
 }
 
 /// What `machine ingest-upper` reports to the command that started it.
@@ -423,24 +478,4 @@ pub(crate) fn remove_tree(path: &Path) {
     if let Err(e) = std::fs::remove_dir_all(path) {
         tracing::warn!("could not remove {}: {e}", path.display());
     }
-}
-
-/// Read as the user (`UpperRead::AsUser`, for a diff against the live machine), the upper may
-/// hold what the machine's root closed to them: say which entry, and how to open it.
-pub(crate) fn unreadable(e: EngineError, m: &MachineRow, upper: &Path) -> EngineError {
-    let EngineError::Rootfs(crate::rootfs::RootfsError::Io { path, source, .. }) = &e else {
-        return e;
-    };
-    if source.kind() != std::io::ErrorKind::PermissionDenied || !crate::sandbox::rootless() {
-        return e;
-    }
-    let inside = Path::new(path)
-        .strip_prefix(upper)
-        .map_or_else(|_| path.clone(), |p| format!("/{}", p.display()));
-    EngineError::Invalid(format!(
-        "{inside} in machine {} is closed to the user running cairn, who reads the machine's \
-         changes for this command without root; a checkpoint reads it (in the machine's user \
-         namespace), or open it with `cairn run {} -- chmod o+rX {inside}`",
-        m.name, m.name
-    ))
 }

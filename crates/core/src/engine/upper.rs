@@ -48,9 +48,6 @@ pub(crate) struct UpperBase<'a> {
     pub logical: u64,
     /// `TRUSTED_PREFIX` or `USER_PREFIX`.
     pub xattr_prefix: &'static [u8],
-    /// The ids of the overlay's user namespace, when it has one: the upper's files carry the
-    /// host ids they map from (`rootless.rs`).
-    pub ids: Option<crate::sandbox::IdMap>,
 }
 
 impl UpperBase<'_> {
@@ -85,14 +82,9 @@ impl UpperBase<'_> {
     }
 
     /// The metadata of an upper entry as the machine sees it: overlay-private xattrs dropped
-    /// (`strip_xattrs`) and, in a user namespace, host ids turned back into the machine's.
+    /// (`strip_xattrs`).
     pub(crate) fn meta(&self, stat: &Stat, xattrs: Vec<Xattr>) -> Meta {
-        let mut meta = meta_from_stat(stat, self.strip_xattrs(xattrs));
-        if let Some(ids) = &self.ids {
-            meta.uid = ids.inside_uid(meta.uid).unwrap_or(meta.uid);
-            meta.gid = ids.inside_gid(meta.gid).unwrap_or(meta.gid);
-        }
-        meta
+        meta_from_stat(stat, self.strip_xattrs(xattrs))
     }
 
     /// Drops overlay-private xattrs and unescapes escaped ones; the result stays sorted.

@@ -198,7 +198,6 @@ fn ingest_dry(
         entries: c.checkpoint.entries,
         logical: c.checkpoint.logical_bytes,
         xattr_prefix,
-        ids: None,
     });
     let opts = IngestOptions {
         progress: &NoProgress,
