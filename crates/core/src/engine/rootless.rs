@@ -179,34 +179,20 @@ impl Repo {
         let out = log.try_clone().map_err(io_at("open", &log_path))?;
         let mut child =
             self.spawn_in_namespace(&["hold-overlay", &m.name], out.into(), log.into())?;
-        let deadline = Instant::now() + HOLDER_START;
-        loop {
-            if let Some(h) = self.overlay_holder(m)
-                && h.pid() as u32 == child.id()
-            {
-                return Ok(h);
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(EngineError::Invalid(format!(
-                    "the process holding {}'s overlay exited ({status}) before the overlay was \
-                     mounted: {}; nothing is lost: `cairn machine up {}` starts it again",
-                    m.name,
-                    log.trim(),
-                    m.name
-                )));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(EngineError::Invalid(format!(
-                    "the overlay of {} was not mounted within {}s; see {}",
-                    m.name,
-                    HOLDER_START.as_secs(),
-                    log_path.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let child_id = child.id();
+        wait_started(
+            &mut child,
+            &m.name,
+            "the process holding the overlay",
+            "mounted the overlay",
+            &log_path,
+            HOLDER_START,
+            || {
+                Ok(self
+                    .overlay_holder(m)
+                    .filter(|h| h.pid() as u32 == child_id))
+            },
+        )
     }
 
     /// Kills the machine's processes and its holder; returns how many processes there were.
@@ -447,6 +433,43 @@ fn enter_namespace() -> Result<()> {
 fn io_at(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> EngineError {
     let path = path.as_ref().to_owned();
     move |source| EngineError::Io { op, path, source }
+}
+
+/// Waits until `ready` returns something: the detached process `child`, started for machine
+/// `name`, has done its part. Fails, quoting its log, if it exits first, and kills it if it
+/// takes longer than `limit`. `what` and `done` name it and its part in the errors.
+pub(crate) fn wait_started<T>(
+    child: &mut Child,
+    name: &str,
+    what: &str,
+    done: &str,
+    log_path: &Path,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = ready()? {
+            return Ok(t);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            return Err(EngineError::Invalid(format!(
+                "{what} of {name} exited ({status}) before it had {done}: {}; nothing is lost: \
+                 `cairn machine up {name}` starts it again",
+                log.trim()
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(EngineError::Invalid(format!(
+                "{what} of {name} had not {done} within {}s; see {}",
+                limit.as_secs(),
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// A fresh log file for a detached process's output.

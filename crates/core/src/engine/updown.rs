@@ -332,45 +332,33 @@ impl Repo {
                     out.into(),
                     log.into(),
                 )?;
-                let deadline = Instant::now() + SERVER_START;
                 let want = lower_name(m, root);
-                loop {
-                    match Self::lower_state(lower, Some(&want)) {
-                        // Ours, or one an interrupted command started for the same base.
-                        LowerState::Serving => return Ok(()),
-                        // A server an interrupted command started before the last rebase,
-                        // mounting late: ours waits for it (`lock_lower_server`), so it goes.
-                        LowerState::OtherBase => {
-                            tracing::info!(
-                                "detaching a late view of another base at {}",
-                                lower.display()
-                            );
-                            detach(lower)?;
+                super::rootless::wait_started(
+                    &mut child,
+                    &m.name,
+                    "the lower layer server",
+                    "mounted its view",
+                    &log_path,
+                    SERVER_START,
+                    || {
+                        match Self::lower_state(lower, Some(&want)) {
+                            // Ours, or one an interrupted command started for the same base.
+                            LowerState::Serving => return Ok(Some(())),
+                            // A server an interrupted command started before the last rebase,
+                            // mounting late: ours waits for it (`lock_lower_server`), so it
+                            // goes.
+                            LowerState::OtherBase => {
+                                tracing::info!(
+                                    "detaching a late view of another base at {}",
+                                    lower.display()
+                                );
+                                detach(lower)?;
+                            }
+                            LowerState::Absent | LowerState::Dead => {}
                         }
-                        LowerState::Absent | LowerState::Dead => {}
-                    }
-                    if let Ok(Some(status)) = child.try_wait() {
-                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                        return Err(EngineError::Invalid(format!(
-                            "the lower layer server of {} exited ({status}) before its view \
-                             was up: {}; nothing is lost: `cairn machine up {}` starts it again",
-                            m.name,
-                            log.trim(),
-                            m.name
-                        )));
-                    }
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        return Err(EngineError::Invalid(format!(
-                            "the lower layer server of {} did not mount its view within {}s; \
-                             see {}",
-                            m.name,
-                            SERVER_START.as_secs(),
-                            log_path.display()
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+                        Ok(None)
+                    },
+                )
             }
         }
     }
