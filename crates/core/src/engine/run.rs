@@ -99,7 +99,7 @@ impl Repo {
             let f = holder.freeze_members(DEFAULT_FREEZE_TIMEOUT)?;
             return Ok(Some(Frozen {
                 took: f.took,
-                by: FrozenBy::Signals(f),
+                by: FrozenBy::Signals { _stopped: f },
             }));
         }
         let cg = match Cgroup::open_or_create(&m.uid) {
@@ -148,7 +148,9 @@ pub(crate) struct Frozen {
 enum FrozenBy {
     Cgroup(Cgroup),
     /// Without root: stopped by SIGSTOP, continued by SIGCONT when dropped.
-    Signals(#[allow(dead_code)] crate::sandbox::SignalFreeze),
+    Signals {
+        _stopped: crate::sandbox::SignalFreeze,
+    },
 }
 
 impl Drop for Frozen {

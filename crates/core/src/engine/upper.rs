@@ -35,7 +35,6 @@ use std::sync::Arc;
 /// The xattr prefix overlayfs uses for its private attributes when mounted by root.
 pub(crate) const TRUSTED_PREFIX: &[u8] = b"trusted.overlay.";
 /// The prefix of an overlay mounted with `userxattr`, as it must be in a user namespace.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const USER_PREFIX: &[u8] = b"user.overlay.";
 
 /// The base an upper layer is merged over.

@@ -191,8 +191,8 @@ pub fn unshare_as_root(map: &IdMap, wait_for_map: impl FnOnce() -> Result<()>) -
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(SandboxError::Io {
-            op: "create a user namespace (unprivileged user namespaces may be disabled: \
-                 sysctl user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns)",
+            op: "create a user namespace (unprivileged user namespaces may be disabled \
+                 or limited: sysctl user.max_user_namespaces)",
             path: PathBuf::from("/proc/self/ns/user"),
             source: e,
         });
