@@ -30,3 +30,9 @@ pub use sandbox::{
     Bind, Cgroup, DEFAULT_FREEZE_TIMEOUT, FreezeGuard, KillReport, RunOptions, SandboxError,
     run_sandboxed, sandboxed_command, spawn_sandboxed,
 };
+
+/// True when this process runs as root (effective uid 0): it may mount, chown, and make
+/// device nodes; otherwise mounted machines run in a user namespace (`engine/rootless.rs`).
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -266,22 +266,22 @@ pub struct Killed {
     pub elapsed: std::time::Duration,
     /// The command died of the SIGKILL sent to it.
     pub killed: bool,
-    /// What `other` returned, if it was called.
-    pub other: Option<bool>,
+    /// What `other` returned (false when it was not called).
+    pub other: bool,
 }
 
-/// Waits for `child` (started at `start`), SIGKILLing it once `cmd_at` has passed and calling
-/// `other` (which kills something else: a view server, a holder) once `other_at` has, or right
-/// after the command ended if that came first. A command that died of a signal nobody sent
-/// fails the trial.
+/// Runs `cmd --json`, SIGKILLing it once `cmd_at` has passed and calling `other` (which kills
+/// something else: a view server, a holder) once `other_at` has, or right after the command
+/// ended if that came first. A command that died of a signal nobody sent fails the trial.
 pub fn run_and_kill(
-    mut child: std::process::Child,
-    start: Instant,
+    mut cmd: crate::util::TestCommand,
     cmd_at: Option<Duration>,
     other_at: Option<Duration>,
     mut other: impl FnMut() -> bool,
     what: &dyn std::fmt::Debug,
 ) -> Killed {
+    let start = Instant::now();
+    let mut child = cmd.arg("--json").spawn();
     let mut other_result = None;
     let mut sent = false;
     loop {
@@ -316,6 +316,6 @@ pub fn run_and_kill(
         run,
         elapsed,
         killed,
-        other: other_result,
+        other: other_result.unwrap_or(false),
     }
 }

@@ -222,23 +222,19 @@ impl MountedWorld {
         let mut instant = || est.mul_f64(1.2 * self.rng.below(1_000_000) as f64 / 1e6);
         let cmd_at = (victim != Victim::Server).then(&mut instant);
         let server_at = (victim != Victim::Command).then(&mut instant);
-        let start = Instant::now();
-        let child = self.env.cairn(args).arg("--json").spawn();
         let home = self.env.home();
         let super::Killed {
             run,
             elapsed,
             killed,
-            other,
+            other: server_killed,
         } = super::run_and_kill(
-            child,
-            start,
+            self.env.cairn(args),
             cmd_at,
             server_at,
             || kill_servers(&home),
             &(t, args),
         );
-        let server_killed = other.unwrap_or(false);
         eprintln!(
             "trial {t}: mounted {op:?} {args:?} {} after {elapsed:.2?} (kill {cmd_at:.2?}, \
              server kill {server_at:.2?}: {})",

@@ -226,18 +226,15 @@ impl RootlessWorld {
         for a in args {
             cmd.arg(a);
         }
-        let start = Instant::now();
-        let child = cmd.arg("--json").spawn();
         let home = self.env.home();
         let mut hits = (0, 0);
         let super::Killed {
             run,
             elapsed,
             killed,
-            other,
+            other: hit,
         } = super::run_and_kill(
-            child,
-            start,
+            cmd,
             cmd_at,
             other_at,
             || kill_other(&home, victim, &mut hits),
@@ -245,7 +242,6 @@ impl RootlessWorld {
         );
         self.stats.holder_kills += hits.0;
         self.stats.server_kills += hits.1;
-        let hit = other.unwrap_or(false);
         eprintln!(
             "trial {t}: rootless {op} {args:?} {} after {elapsed:.2?} (victim {victim:?}, \
              command at {cmd_at:.2?}, other at {other_at:.2?})",

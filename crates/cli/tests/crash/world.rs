@@ -182,14 +182,18 @@ impl World {
     fn run_killed(&mut self, op: Op, args: &[OsString], t: u64) -> Outcome {
         let est = self.est[&op];
         let delay = est.mul_f64(1.2 * self.rng.below(1_000_000) as f64 / 1e6);
-        let start = Instant::now();
-        let child = self.env.cairn(args).arg("--json").spawn();
         let super::Killed {
             run,
             elapsed,
             killed,
             ..
-        } = super::run_and_kill(child, start, Some(delay), None, || false, &(t, args));
+        } = super::run_and_kill(
+            self.env.cairn(args),
+            Some(delay),
+            None,
+            || false,
+            &(t, args),
+        );
         eprintln!(
             "trial {t}: {op:?} {:?} {} after {elapsed:.2?} (kill planned at {delay:.2?})",
             args,

@@ -8,7 +8,7 @@ use super::blobs::{BlobSource, BlobWriter};
 use super::ingest::{IngestOptions, ingest};
 use super::manifest::{self, CheckpointManifest};
 use super::statcache::StatCache;
-use super::upper::{TRUSTED_PREFIX, USER_PREFIX, UpperBase};
+use super::upper::{TRUSTED_PREFIX, UpperBase};
 use super::{EngineError, Progress, Repo, Result, now_ns};
 use crate::catalog::{CheckpointRow, MachineKind, MachineRow, NewCheckpoint};
 use crate::model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name};
@@ -103,12 +103,12 @@ impl Repo {
             // The machine's processes stand still while its upper is read, so the checkpoint
             // is one instant of it; they run again as soon as the walk ends.
             let frozen = self.freeze_machine(m)?;
-            let mut ing = if super::rootless::namespace_ids().is_some() {
+            let mut ing = if crate::sandbox::rootless() {
                 // Without root, only a user namespace of the machine's ids may read all of
                 // the upper (`rootless.rs`).
                 self.ingest_upper_in_namespace(m, writer)?
             } else {
-                self.ingest_upper(m, writer, progress, &cache, epoch, UpperRead::Root)?
+                self.ingest_upper(m, writer, progress, &cache, epoch, TRUSTED_PREFIX)?
             };
             ing.frozen = frozen.as_ref().map(|f| f.took);
             drop(frozen);
@@ -132,7 +132,10 @@ impl Repo {
     }
 
     /// Ingests a mounted machine's upper layer merged over its base: only the upper is walked,
-    /// and the base fills in everything it lacks.
+    /// and the base fills in everything it lacks. `xattr_prefix` is the overlay's:
+    /// `TRUSTED_PREFIX` when root mounted it, `USER_PREFIX` in a user namespace
+    /// (`rootless.rs`, whose reader, root of a namespace of the machine's ids, sees the
+    /// machine's own owners).
     pub(crate) fn ingest_upper(
         &self,
         m: &MachineRow,
@@ -140,7 +143,7 @@ impl Repo {
         progress: &dyn Progress,
         cache: &StatCache,
         epoch: u64,
-        read: UpperRead,
+        xattr_prefix: &'static [u8],
     ) -> Result<super::ingest::Ingested> {
         let base = super::mounted::base_of_row(m)?;
         let upper_dir = self.layout(m).upper;
@@ -149,10 +152,6 @@ impl Repo {
             reason: format!("{e}; the machine's upper layer is missing"),
         })?;
         let src = BlobSource::new(&self.store, &self.catalog_path())?;
-        // Without root, the overlay is mounted in a user namespace (`rootless.rs`), and its
-        // attributes are `user.overlay.*`. Read from inside a namespace of the machine's ids,
-        // the upper shows the machine's own owners.
-        let user = read == UpperRead::InNamespace;
         let opts = IngestOptions {
             progress,
             cache,
@@ -163,7 +162,7 @@ impl Repo {
                 root: base.root,
                 entries: base.entries,
                 logical: base.logical_bytes,
-                xattr_prefix: if user { USER_PREFIX } else { TRUSTED_PREFIX },
+                xattr_prefix,
             }),
         };
         ingest(&root, writer, &opts)
@@ -396,15 +395,6 @@ impl Repo {
         self.audit("delete", Some(&r.machine), Some(&r.to_string()), &detail);
         result
     }
-}
-
-/// Who reads a mounted machine's upper layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum UpperRead {
-    /// Root, of an overlay mounted by root.
-    Root,
-    /// Root of a user namespace of the machine's ids (`machine ingest-upper`).
-    InNamespace,
 }
 
 /// Threads that read and chunk files during an ingest.

@@ -120,7 +120,14 @@ impl Repo {
             inner: std::io::BufReader::with_capacity(1 << 20, file),
             progress,
         };
-        import_tar(reader, &root, &ApplyOptions { owners: is_root() }).map_err(|e| {
+        import_tar(
+            reader,
+            &root,
+            &ApplyOptions {
+                owners: crate::is_root(),
+            },
+        )
+        .map_err(|e| {
             EngineError::Import(format!(
                 "{e}; the partly imported directory {} was left for inspection",
                 dir.display()
@@ -382,11 +389,6 @@ fn new_or_empty(dir: &Path) -> Result<bool> {
         }
         Err(_) => Ok(false),
     }
-}
-
-/// True when running as root, so ownership and devices can be applied.
-pub(crate) fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
 }
 
 /// Audit needs the outcome while the caller keeps the error; errors are not Clone, so the

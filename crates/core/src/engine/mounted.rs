@@ -29,10 +29,11 @@
 
 use super::blobs::BlobSource;
 use super::checkpoint::CheckpointOptions;
-use super::machine::{clone_err, is_root};
+use super::machine::clone_err;
 use super::restore::{RestoreReport, ViewRestore, root_node};
 use super::{EngineError, Phase, Progress, Repo, Result, now_ns};
 use crate::catalog::{Base, CheckpointRow, MachineKind, MachineRow};
+use crate::is_root;
 use crate::model::{Content, Ref, Tree, TreeId, validate_machine_name};
 use crate::rootfs::{ApplyOptions, Dir};
 use std::path::{Path, PathBuf};

@@ -20,11 +20,12 @@
 use super::blobs::{BlobSource, BlobWriter};
 use super::checkpoint::CheckpointOptions;
 use super::ingest::ROOT_ENTRY;
-use super::machine::{clone_err, is_root};
+use super::machine::clone_err;
 use super::materialize::{Applied, Materializer, open_parent};
 use super::statcache::StatCache;
 use super::{EngineError, Phase, Progress, Repo, Result};
 use crate::catalog::{CheckpointRow, MachineKind, MachineRow};
+use crate::is_root;
 use crate::model::{Content, Node, Ref, Tree, TreeId};
 use crate::rootfs::{ApplyOptions, Dir};
 use std::path::PathBuf;

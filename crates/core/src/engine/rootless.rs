@@ -302,7 +302,7 @@ impl Repo {
             &super::NoProgress,
             &cache,
             epoch,
-            super::checkpoint::UpperRead::InNamespace,
+            super::upper::USER_PREFIX,
         )?;
         let written = writer.flush()?;
         ing.cache.save(&self.child_file(&m, "statcache.ns"))?;

@@ -223,8 +223,7 @@ impl Repo {
             path: m.dir.clone(),
             source,
         })?;
-        let rootless = crate::sandbox::rootless();
-        let mounted = if rootless {
+        let mounted = if crate::sandbox::rootless() {
             self.start_holder(m).map(|h| {
                 report.reach = Some(crate::sandbox::path_from_host(&h, &m.dir));
             })

@@ -129,8 +129,7 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            allow_other: unsafe { libc::geteuid() } == 0,
+            allow_other: crate::is_root(),
             devices_and_setuid: false,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             chunk_cache_bytes: 64 << 20,

@@ -120,10 +120,7 @@ fn is_stale(path: &Path) -> bool {
     matches!(std::fs::read_dir(path), Err(e) if is_enotconn(&e))
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use crate::is_root;
 
 /// FUSE needs its device; without root, mounting goes through the setuid `fusermount3`.
 pub(super) fn check_fuse_available() -> Result<()> {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// True when this process cannot mount in the host's mount namespace, so a mounted machine's
 /// overlay must live in a user namespace of its own.
 pub fn rootless() -> bool {
-    !rustix::process::geteuid().is_root()
+    !crate::is_root()
 }
 
 fn io_err(
