@@ -161,7 +161,7 @@ pub(crate) fn ingest(
             let xattrs = root.read_dir_xattrs()?;
             let stat = root.stat_self()?;
             let (root_meta, base) = match &opts.upper {
-                Some(up) => (up.meta(&stat, xattrs), Some(up.base_top()?)),
+                Some(up) => (up.meta(&stat, xattrs), Some((up.base_top()?, Vec::new()))),
                 None => (meta_from_stat(&stat, xattrs), None),
             };
             walk.walk_dir(root, Vec::new(), root_meta, base)
@@ -285,14 +285,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Walk<'_> {
-    /// Walks one directory, returning its index in `dirs`. `base` is the directory's tree in
-    /// the base layer when this is an upper-layer ingest and the directory merges over it.
+    /// Walks one directory, returning its index in `dirs`. `base` is, when this is an
+    /// upper-layer ingest and the directory merges over a base directory, that directory's
+    /// tree and its path in the base (not the directory's own path when a redirect moved it).
     fn walk_dir(
         &mut self,
         dir: Arc<Dir>,
         path: Vec<u8>,
         meta: Meta,
-        base: Option<Arc<Tree>>,
+        base: Option<(Arc<Tree>, Vec<u8>)>,
     ) -> Result<usize> {
         let idx = self.dirs.len();
         self.dirs.push(PendingDir {
@@ -306,6 +307,7 @@ impl Walk<'_> {
             if base.is_some() {
                 self.layers.merged_dir(&path);
             }
+            let (base, lower_path) = base.unzip();
             for item in upper::merge_listing(base.as_deref(), listing) {
                 let child_path = join_path(&path, item.name());
                 let (entry, base) = match item {
@@ -321,29 +323,49 @@ impl Walk<'_> {
                 } else {
                     dir.read_xattrs(&entry.name, entry.kind)?
                 };
-                let merge_base = match (&base, entry.kind) {
+                // The entry's lower: the base entry of its name, or where a redirect points.
+                let own_lower = lower_path.as_ref().map(|p| join_path(p, &entry.name));
+                let (lower, lower_at) = match up.redirected(&xattrs, lower_path.as_deref()) {
+                    Some(to) if to != own_lower => match to {
+                        Some(p) => (up.base_at(&p)?, Some(p)),
+                        None => (None, None),
+                    },
+                    _ => (base.clone(), own_lower.clone()),
+                };
+                let moved = lower_at.is_some() && lower_at != own_lower;
+                let merge_base = match (&lower, entry.kind) {
                     (Some(b), FileKind::Dir) if !up.is_opaque(&xattrs) => up.dir_below(b)?,
                     _ => None,
                 };
-                if let Some(t) = merge_base {
-                    // The directory merges over the base one, which the base already counted.
-                    up.refuse_unsupported(&xattrs, &child_path)?;
-                    let meta = up.meta(&entry.stat, xattrs);
-                    let child = Arc::new(dir.open_dir(&entry.name)?);
-                    let idx = self.walk_dir(child, child_path, meta, Some(t))?;
-                    slots.push((entry.name, Slot::Dir(idx)));
-                    continue;
-                }
-                if let Some(b) = &base {
+                if let Some(b) = &base
+                    && (merge_base.is_none() || moved)
+                {
                     self.layers.shadowed(up, b, &child_path)?;
                 }
                 if whiteout {
                     continue;
                 }
-                up.refuse_unsupported(&xattrs, &child_path)?;
+                let meta = up.meta(&entry.stat, xattrs.clone());
+                if let (Some(t), Some(at)) = (merge_base, lower_at) {
+                    // The directory merges over a base one, which the base already counted
+                    // unless a redirect brought it here from elsewhere.
+                    if moved {
+                        let node = lower.as_ref().expect("invariant: a merge base has a node");
+                        self.layers.moved(up, node, &child_path, at.clone())?;
+                    }
+                    let child = Arc::new(dir.open_dir(&entry.name)?);
+                    let idx = self.walk_dir(child, child_path, meta, Some((t, at)))?;
+                    slots.push((entry.name, Slot::Dir(idx)));
+                    continue;
+                }
                 self.layers.taken_from_upper(&child_path);
-                let meta = up.meta(&entry.stat, xattrs);
-                if let Some(slot) = self.entry_slot_meta(&dir, &entry, &child_path, meta)? {
+                let slot = if entry.kind == FileKind::File && up.is_metacopy(&xattrs) {
+                    let data = up.lower_data(lower.as_ref(), entry.stat.size, &child_path)?;
+                    Some(self.file_slot(&dir, &entry, &child_path, meta, Some(data))?)
+                } else {
+                    self.entry_slot_meta(&dir, &entry, &child_path, meta)?
+                };
+                if let Some(slot) = slot {
                     self.entries += 1;
                     slots.push((entry.name, slot));
                 }
@@ -393,7 +415,7 @@ impl Walk<'_> {
             FileKind::CharDev => Content::CharDev { rdev: st.rdev },
             FileKind::BlockDev => Content::BlockDev { rdev: st.rdev },
             FileKind::Fifo => Content::Fifo,
-            FileKind::File => return self.file_slot(dir, e, path, meta).map(Some),
+            FileKind::File => return self.file_slot(dir, e, path, meta, None).map(Some),
         };
         self.logical += match &content {
             Content::Symlink { target } => target.len() as u64,
@@ -402,12 +424,15 @@ impl Walk<'_> {
         Ok(Some(Slot::Ready(Node { meta, content })))
     }
 
+    /// The slot of a regular file; `data` is its bytes when they are known without reading
+    /// it (a metadata-only copy-up keeps its lower file's).
     fn file_slot(
         &mut self,
         dir: &Arc<Dir>,
         e: &ScanEntry,
         path: &[u8],
         meta: Meta,
+        data: Option<Vec<Extent>>,
     ) -> Result<Slot> {
         let st = &e.stat;
         let mut link = None;
@@ -426,6 +451,13 @@ impl Walk<'_> {
             link = Some(key);
         }
         self.logical += st.size;
+        if let Some(extents) = data {
+            return Ok(Slot::Cached {
+                meta,
+                extents,
+                link,
+            });
+        }
         let sig = StatSig {
             ino: st.ino,
             size: st.size,

@@ -14,8 +14,15 @@
 //! `<prefix>` is `trusted.overlay.` when the overlay is mounted by root and `user.overlay.` in a
 //! user namespace. Overlay-private xattrs are never part of a tree; an escaped one
 //! (`<prefix>overlay.X`, how overlayfs stores a user's own `<prefix>X`) is unescaped.
-//! Redirected directories and metadata-only copy-ups are refused: cairn mounts with
-//! `redirect_dir=off` and `metacopy=off`, so one means the upper was not written by that mount.
+//! - a directory with a `<prefix>redirect` (made by renaming a directory that has a lower one)
+//!   merges over the base directory the redirect names instead of the one of its name: an
+//!   absolute redirect is a path from the machine root, a relative one a name in the parent's
+//!   lower directory. A file's redirect names its lower file the same way;
+//! - a file with `<prefix>metacopy` is a metadata-only copy-up (a chmod, chown or xattr change
+//!   of a lower file): its metadata is the upper's, its bytes the lower file's, taken by id.
+//!
+//! Root's overlays make both (`redirect_dir=on,metacopy=on`); an overlay in a user namespace
+//! makes neither, but its upper is read by the same rules.
 //!
 //! Hardlinks: overlayfs (without `index`) breaks a hardlink when one of its paths is copied up,
 //! so a base hardlink group can lose members, including its leader. Upper groups are whole in
@@ -27,7 +34,7 @@
 use super::blobs::{BlobSource, BlobWriter};
 use super::restore::{lookup_path, root_node};
 use super::{EngineError, Result, join_path};
-use crate::model::{Content, Entry, Meta, Node, Tree, TreeId, Xattr};
+use crate::model::{Content, Entry, Extent, Meta, Node, Tree, TreeId, Xattr};
 use crate::rootfs::{FileKind, ScanEntry, Stat, meta_from_stat};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -102,22 +109,77 @@ impl UpperBase<'_> {
         out
     }
 
-    /// Fails on overlay features whose meaning lives outside the upper entry itself.
-    pub(crate) fn refuse_unsupported(&self, xattrs: &[Xattr], path: &[u8]) -> Result<()> {
-        for x in xattrs {
-            if let Some(rest) = self.private(&x.name)
-                && (rest == b"redirect" || rest == b"metacopy")
-            {
-                return Err(EngineError::Invalid(format!(
-                    "the upper layer entry {} carries an overlay {} attribute; cairn mounts \
-                     with redirect_dir=off and metacopy=off, so this upper was written by \
-                     another mount and cannot be checkpointed",
-                    String::from_utf8_lossy(path),
-                    String::from_utf8_lossy(&rest)
-                )));
-            }
+    fn private_value<'x>(&self, xattrs: &'x [Xattr], what: &[u8]) -> Option<&'x [u8]> {
+        xattrs
+            .iter()
+            .find(|x| self.private(&x.name).as_deref() == Some(what))
+            .map(|x| x.value.as_slice())
+    }
+
+    /// True for a metadata-only copy-up: the upper file holds the metadata, its bytes are
+    /// still the lower file's.
+    pub(crate) fn is_metacopy(&self, xattrs: &[Xattr]) -> bool {
+        self.private_value(xattrs, b"metacopy").is_some()
+    }
+
+    /// The base path an upper entry's lower layer lies at, when it is redirected: an absolute
+    /// `<prefix>redirect` names a path from the machine root, a relative one a name in the
+    /// lower directory of the entry's parent (`parent_lower`; without one there is no lower).
+    /// `None` without a redirect: the lower is then the base entry of the same name.
+    pub(crate) fn redirected(
+        &self,
+        xattrs: &[Xattr],
+        parent_lower: Option<&[u8]>,
+    ) -> Option<Option<Vec<u8>>> {
+        let r = self.private_value(xattrs, b"redirect")?;
+        Some(match r.strip_prefix(b"/") {
+            Some(abs) => Some(
+                abs.split(|&b| b == b'/')
+                    .filter(|c| !c.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(&b'/'),
+            ),
+            None => parent_lower.map(|p| join_path(p, r)),
+        })
+    }
+
+    /// The base node at `path` (from the machine directory), if there is one.
+    pub(crate) fn base_at(&self, path: &[u8]) -> Result<Option<Node>> {
+        let top = root_node(self.src, self.root)?;
+        let comps: Vec<Vec<u8>> = match path.is_empty() {
+            true => Vec::new(),
+            false => path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect(),
+        };
+        lookup_path(self.src, &top, &comps)
+    }
+
+    /// The bytes a metadata-only copy-up of `size` bytes at `path` keeps from its lower file
+    /// `lower` (a hardlink follows to its leader).
+    pub(crate) fn lower_data(
+        &self,
+        lower: Option<&Node>,
+        size: u64,
+        path: &[u8],
+    ) -> Result<Vec<Extent>> {
+        let corrupt = |reason: String| EngineError::Corrupt {
+            what: format!("the upper layer entry {}", String::from_utf8_lossy(path)),
+            reason,
+        };
+        let node = match lower.map(|n| &n.content) {
+            Some(Content::Hardlink { target }) => self.base_at(target)?,
+            _ => lower.cloned(),
+        };
+        match node.map(|n| n.content) {
+            Some(Content::File {
+                size: s, extents, ..
+            }) if s == size => Ok(extents),
+            Some(Content::File { size: s, .. }) => Err(corrupt(format!(
+                "a metadata-only copy-up of {size} bytes over a lower file of {s}"
+            ))),
+            _ => Err(corrupt(
+                "a metadata-only copy-up whose lower layer holds no file".to_owned(),
+            )),
         }
-        Ok(())
     }
 }
 
@@ -172,8 +234,11 @@ pub(crate) struct Layers {
     upper: HashSet<Vec<u8>>,
     /// A shadowed base entry held a hardlink: base groups must be re-formed.
     touched: bool,
-    entries_shadowed: u64,
-    logical_shadowed: u64,
+    /// Merged directories whose lower is the base directory at another path (redirected).
+    moved: HashMap<Vec<u8>, Vec<u8>>,
+    /// What the upper hides of the base, less what redirects show at a new path.
+    entries_shadowed: i64,
+    logical_shadowed: i64,
     /// Trees this ingest wrote, readable before the writer flushes them.
     trees: HashMap<TreeId, Arc<Tree>>,
 }
@@ -209,16 +274,35 @@ impl Layers {
 
     /// A base node at `path` is deleted or replaced by the upper: its subtree leaves the totals.
     pub(crate) fn shadowed(&mut self, up: &UpperBase<'_>, node: &Node, path: &[u8]) -> Result<()> {
+        self.tally(up, node, path, 1)
+    }
+
+    /// The merged directory at `path` has the base directory `node` at `base_path` as its
+    /// lower (a redirect): that subtree joins the totals at its new place.
+    pub(crate) fn moved(
+        &mut self,
+        up: &UpperBase<'_>,
+        node: &Node,
+        path: &[u8],
+        base_path: Vec<u8>,
+    ) -> Result<()> {
+        self.moved.insert(path.to_vec(), base_path);
+        self.tally(up, node, path, -1)
+    }
+
+    fn tally(&mut self, up: &UpperBase<'_>, node: &Node, path: &[u8], sign: i64) -> Result<()> {
         let mut stack = vec![node.clone()];
         while let Some(n) = stack.pop() {
-            self.entries_shadowed += 1;
+            self.entries_shadowed += sign;
             match &n.content {
                 Content::File { size, nlink, .. } => {
-                    self.logical_shadowed += size;
+                    self.logical_shadowed += sign * *size as i64;
                     self.touched |= *nlink > 1;
                 }
                 Content::Hardlink { .. } => self.touched = true,
-                Content::Symlink { target } => self.logical_shadowed += target.len() as u64,
+                Content::Symlink { target } => {
+                    self.logical_shadowed += sign * target.len() as i64;
+                }
                 Content::Dir { tree } => {
                     let t = up.src.tree(*tree).map_err(|e| in_base(e, path))?;
                     stack.extend(t.entries.iter().map(|e| e.node.clone()));
@@ -238,34 +322,34 @@ impl Layers {
     ) -> Result<Finished> {
         let mut done = Finished {
             top,
-            entries_delta: up.entries as i64 - self.entries_shadowed as i64,
-            logical_delta: up.logical as i64 - self.logical_shadowed as i64,
+            entries_delta: up.entries as i64 - self.entries_shadowed,
+            logical_delta: up.logical as i64 - self.logical_shadowed,
         };
         if !self.touched {
             return Ok(done);
         }
         up.src.seed(self.trees.clone());
         let mut groups = Groups::default();
-        self.collect(up.src, top, &[], false, &mut groups)?;
+        self.collect(up.src, top, &[], Some(&[]), false, &mut groups)?;
         let base_top = root_node(up.src, up.root)?;
         let mut changes: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
         for (key, members) in groups.members {
             let (first_path, first) = &members[0];
             let count = members.len() as u32;
-            let kept_leader = match &first.content {
-                Content::File { size, extents, .. } if first_path == &key => {
-                    Some((*size, extents.clone()))
-                }
+            // The leader may still be visible, at its place or where a redirect moved it, and
+            // then its bytes are already counted; otherwise they come back with the new leader.
+            let visible = members.iter().find_map(|(_, n)| match &n.content {
+                Content::File { size, extents, .. } => Some((*size, extents.clone())),
                 _ => None,
-            };
-            let (size, extents) = match kept_leader {
+            });
+            let (size, extents) = match visible {
                 Some(x) => x,
                 None => {
                     let comps: Vec<Vec<u8>> =
                         key.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
                     match lookup_path(up.src, &base_top, &comps)?.map(|n| n.content) {
                         Some(Content::File { size, extents, .. }) => {
-                            done.logical_delta += size as i64; // the leader's bytes stay visible
+                            done.logical_delta += size as i64;
                             (size, extents)
                         }
                         _ => {
@@ -311,12 +395,14 @@ impl Layers {
     }
 
     /// Collects the visible members of base hardlink groups, in tree order. `all_base` is true
-    /// inside a subtree taken whole from the base.
+    /// inside a subtree taken whole from the base; `base_path` is where the directory at
+    /// `path` lies in the base (another path when a redirect moved it), if it has a lower.
     fn collect(
         &self,
         src: &BlobSource<'_>,
         tree: TreeId,
         path: &[u8],
+        base_path: Option<&[u8]>,
         all_base: bool,
         groups: &mut Groups,
     ) -> Result<()> {
@@ -327,15 +413,21 @@ impl Layers {
             if !all_base && self.upper.contains(&p) {
                 continue;
             }
+            let bp = match self.moved.get(&p) {
+                Some(moved) if !all_base => Some(moved.clone()),
+                _ => base_path.map(|b| join_path(b, &e.name)),
+            };
             if base_derived {
                 match &e.node.content {
-                    Content::File { nlink, .. } if *nlink > 1 => groups.add(p.clone(), &p, &e.node),
+                    Content::File { nlink, .. } if *nlink > 1 => {
+                        groups.add(bp.clone().unwrap_or_else(|| p.clone()), &p, &e.node)
+                    }
                     Content::Hardlink { target } => groups.add(target.clone(), &p, &e.node),
                     _ => {}
                 }
             }
             if let Content::Dir { tree } = e.node.content {
-                self.collect(src, tree, &p, base_derived, groups)?;
+                self.collect(src, tree, &p, bp.as_deref(), base_derived, groups)?;
             }
         }
         Ok(())

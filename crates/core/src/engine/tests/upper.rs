@@ -32,9 +32,19 @@ impl Overlay {
     /// Mounts `lower` under a new upper directory whose root carries the lower root's
     /// metadata, as a mounted machine's upper does when it starts.
     fn mount(tmp: &Path, lower: &Path) -> Overlay {
+        Overlay::mount_with(tmp, lower, "redirect_dir=off,metacopy=off,index=off")
+    }
+
+    /// As root's machines mount theirs: renaming a directory with a lower one records a
+    /// redirect, and a chmod, chown or xattr change of a lower file copies up only metadata.
+    fn mount_metacopy(tmp: &Path, lower: &Path) -> Overlay {
+        Overlay::mount_with(tmp, lower, "redirect_dir=on,metacopy=on,index=off,xino=off")
+    }
+
+    fn mount_with(tmp: &Path, lower: &Path, features: &str) -> Overlay {
         let (upper, work, merged) = layers(tmp, lower);
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            "lowerdir={},upperdir={},workdir={},{features}",
             lower.display(),
             upper.display(),
             work.display()
@@ -234,11 +244,18 @@ fn flatten(src: &BlobSource<'_>, root: TreeId) -> Vec<String> {
 
 /// Checkpoints a full fixture, mounts an overlay over it, applies `change` through the merged
 /// view, and checks the upper-layer ingest against the merged-view ingest.
-fn upper_matches_merged(change: impl FnOnce(&Overlay)) {
+fn upper_matches_merged(change: impl Fn(&Overlay)) {
+    for mount in [Overlay::mount, Overlay::mount_metacopy] {
+        full_upper_matches_merged(&change, mount);
+    }
+}
+
+/// The check over the full fixture, with the overlay `mount` makes.
+fn full_upper_matches_merged(change: impl FnOnce(&Overlay), mount: fn(&Path, &Path) -> Overlay) {
     let env = Env::new();
     let lower = env.path("lower");
     TestDir::full(&lower);
-    check_upper_against_merged(&env, &lower, change, Overlay::mount);
+    check_upper_against_merged(&env, &lower, change, mount);
 }
 
 /// The same check for an overlay mounted in a user namespace. Such a mount cannot see
@@ -468,7 +485,9 @@ fn random_change(ov: &Overlay, rng: &mut Rng, n: usize) {
         }
         4 if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
         4 | 5 if !m.is_dir() => std::fs::remove_file(p).unwrap(),
-        6 if !m.is_dir() => {
+        // A directory moves only where overlayfs records a redirect (root's machines); it
+        // refuses (EXDEV) elsewhere, and never into itself.
+        6 => {
             let _ = std::fs::rename(p, &fresh);
         }
         7 if m.is_file() => std::fs::hard_link(p, &fresh).unwrap(),
@@ -487,10 +506,80 @@ fn random_changes_match_the_merged_view() {
         let mut rng = Rng(seed.wrapping_add(trial.wrapping_mul(0x9e37_79b9)) | 1);
         let ops = 1 + rng.below(25);
         eprintln!("trial {trial}: seed {seed}, {ops} changes (replay with CAIRN_UPPER_SEED)");
-        upper_matches_merged(|ov| {
-            for n in 0..ops {
-                random_change(ov, &mut rng, n);
-            }
-        });
+        // Root's overlay (redirects, metadata-only copy-ups) in odd trials.
+        let mount = [Overlay::mount, Overlay::mount_metacopy][trial as usize % 2];
+        full_upper_matches_merged(
+            |ov| {
+                for n in 0..ops {
+                    random_change(ov, &mut rng, n);
+                }
+            },
+            mount,
+        );
     }
+}
+
+/// The names of the overlay-private xattrs `p` carries in the upper, without the prefix.
+fn private_marks(ov: &Overlay, rel: &str) -> Vec<Vec<u8>> {
+    xattr_names(&ov.upper.join(rel))
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(ov.prefix).map(<[u8]>::to_vec))
+        .filter(|n| n == b"redirect" || n == b"metacopy")
+        .collect()
+}
+
+#[test]
+fn redirected_directories_and_metadata_only_copy_ups_land_exactly() {
+    full_upper_matches_merged(
+        |ov| {
+            // Metadata-only copy-ups: mode, owner, an xattr; the bytes stay in the lower.
+            std::fs::set_permissions(
+                ov.path("usr/lib/big"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            std::os::unix::fs::lchown(ov.path("disk.img"), Some(7), Some(8)).unwrap();
+            rustix::fs::lsetxattr(
+                ov.path("cap"),
+                "user.new",
+                b"v",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
+            // A hardlink member copied up by metadata: its group loses it.
+            std::fs::set_permissions(ov.path("zz-passwd"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            // Renamed in place (a relative redirect), then changed inside.
+            std::fs::rename(ov.path("usr/lib"), ov.path("usr/lib64")).unwrap();
+            write(&ov.path("usr/lib64/deep/er/added"), b"new in a moved dir");
+            // Moved to another parent (an absolute redirect), holding a hardlink member.
+            std::fs::rename(ov.path("usr/share"), ov.path("etc/share")).unwrap();
+            // A metadata-only copy-up renamed: its redirect names its lower file.
+            std::fs::rename(ov.path("usr/lib64/big"), ov.path("etc/big-moved")).unwrap();
+            // Moved twice, and a directory moved into a new directory.
+            std::fs::rename(ov.path("sgid"), ov.path("tmp/sgid-1")).unwrap();
+            std::fs::rename(ov.path("tmp/sgid-1"), ov.path("sgid-2")).unwrap();
+            std::fs::create_dir(ov.path("fresh")).unwrap();
+            std::fs::rename(ov.path("dev"), ov.path("fresh/dev")).unwrap();
+            // The upper really holds both kinds of mark.
+            assert_eq!(private_marks(ov, "usr/lib64"), [b"redirect".to_vec()]);
+            assert_eq!(private_marks(ov, "etc/share"), [b"redirect".to_vec()]);
+            assert_eq!(private_marks(ov, "cap"), [b"metacopy".to_vec()]);
+            let mut moved = private_marks(ov, "etc/big-moved");
+            moved.sort();
+            assert_eq!(moved, [b"metacopy".to_vec(), b"redirect".to_vec()]);
+        },
+        Overlay::mount_metacopy,
+    );
+}
+
+#[test]
+fn a_hardlink_leader_moved_with_its_directory_is_counted_once() {
+    // `etc` (holding the leader, etc/passwd) moves after its followers in tree order: the
+    // first visible member leads now, and the leader's bytes were already counted where the
+    // redirect shows them.
+    full_upper_matches_merged(
+        |ov| std::fs::rename(ov.path("etc"), ov.path("zz-etc")).unwrap(),
+        Overlay::mount_metacopy,
+    );
 }
