@@ -77,6 +77,13 @@ fn write_gc(out: &mut dyn Write, r: &GcReport, opts: &GcOptions) -> io::Result<(
         r.packs_doomed,
         r.packs_revived,
     )?;
+    if r.copies_deleted > 0 {
+        writeln!(
+            out,
+            "{} of unused files {would}removed from the data layer",
+            output::count(r.copies_deleted, "copy", "copies"),
+        )?;
+    }
     writeln!(out, "{} {would}freed", output::size(r.bytes_freed))?;
     if r.bytes_pending > 0 {
         writeln!(

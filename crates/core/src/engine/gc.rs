@@ -14,7 +14,7 @@
 //!    index) and interrupted uploads are deleted when no other session is alive.
 
 use super::blobs::{BlobSource, PACK_TARGET};
-use super::usage::walk_reachable;
+use super::usage::walk_reachable_files;
 use super::{EngineError, Progress, Repo, Result, now_ns};
 use crate::catalog::{BlobLoc, PackRow};
 use crate::model::BlobId;
@@ -44,6 +44,8 @@ pub struct GcReport {
     pub packs_revived: u64,
     pub packs_repacked: u64,
     pub orphans_deleted: u64,
+    /// Copies removed from the data layer (`mount/data.rs`): no checkpoint holds their file.
+    pub copies_deleted: u64,
     pub bytes_freed: u64,
     /// Bytes in doomed packs, freed by a gc after the grace period.
     pub bytes_pending: u64,
@@ -109,20 +111,40 @@ impl Repo {
         // 1. Mark.
         progress.phase("marking", None);
         let src = BlobSource::new(&self.store, &self.catalog_path())?;
+        let marked_at = std::time::SystemTime::now() - Duration::from_secs(1);
         let mut reachable: HashSet<BlobId> = HashSet::new();
+        // The data layer's copies that some reachable tree still holds.
+        let mut copies: HashSet<String> = HashSet::new();
+        let mut on_file = |n: &crate::model::Node| {
+            if let Some(extents) = crate::mount::data_eligible(n) {
+                copies.insert(crate::mount::data_key(extents));
+            }
+        };
         let mut seen = HashSet::new();
         for c in self.catalog.all_checkpoints()? {
-            walk_reachable(&src, c.root, &mut seen, &mut |id| {
-                reachable.insert(id);
-            })?;
+            walk_reachable_files(
+                &src,
+                c.root,
+                &mut seen,
+                &mut |id| {
+                    reachable.insert(id);
+                },
+                &mut on_file,
+            )?;
             progress.advance(1);
         }
         // A mounted machine's base is served by its lower layer even if no checkpoint names it.
         for m in self.catalog.machines()? {
             if let Some(b) = m.base {
-                walk_reachable(&src, b.root, &mut seen, &mut |id| {
-                    reachable.insert(id);
-                })?;
+                walk_reachable_files(
+                    &src,
+                    b.root,
+                    &mut seen,
+                    &mut |id| {
+                        reachable.insert(id);
+                    },
+                    &mut on_file,
+                )?;
             }
         }
         let mut per_pack: HashMap<_, (u64, u64, Vec<BlobLoc>)> = HashMap::new();
@@ -205,7 +227,22 @@ impl Repo {
             report.packs_repacked = repack.len() as u64;
         }
 
-        // 5. Leftovers, only when nobody else is writing.
+        // 5. Copies in the data layer of files no reachable tree holds. A view only fills and
+        // names copies of its own base, which stays reachable while it is served.
+        if !opts.dry_run {
+            let (files, bytes) = self
+                .data_layer()
+                .sweep(&copies, marked_at)
+                .map_err(|source| EngineError::Io {
+                    op: "sweep the data layer",
+                    path: self.data_layer().dir().to_owned(),
+                    source,
+                })?;
+            report.copies_deleted = files;
+            report.bytes_freed += bytes;
+        }
+
+        // 6. Leftovers, only when nobody else is writing.
         if oldest_live.is_none() && !opts.dry_run {
             let known: HashSet<_> = self.catalog.packs()?.into_iter().map(|p| p.id).collect();
             for (id, size) in self.store.list_packs()? {

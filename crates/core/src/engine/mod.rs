@@ -139,6 +139,12 @@ impl Repo {
         self.home.join("catalog.db")
     }
 
+    /// Whole copies of the larger files of mounted machines' bases, read by their overlays
+    /// (`mount/data.rs`); a cache, shared by every machine of this home.
+    pub(crate) fn data_layer(&self) -> crate::mount::DataLayer {
+        crate::mount::DataLayer::new(self.home.join("cache").join("files"))
+    }
+
     fn machine_state_dir(&self, uid: &str) -> PathBuf {
         self.home.join("machines").join(uid)
     }

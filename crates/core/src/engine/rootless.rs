@@ -50,17 +50,26 @@ pub(crate) fn namespace_ids() -> Option<IdMap> {
     })
 }
 
-/// The overlay's mount options. `user`: mounted in a user namespace, where overlayfs keeps
-/// its attributes (whiteouts, opaque directories) as `user.overlay.*`, and accepts only
-/// `nofollow` for redirects (none is ever made either way).
-pub(crate) fn overlay_options(l: &Layout, user: bool) -> String {
+/// The overlay's mount options. As root, renaming a directory that has a lower one records a
+/// redirect instead of copying the whole subtree up, and a chmod, chown or xattr change of a
+/// lower file copies up only its metadata (the upper ingest reads both); `data` is the data
+/// layer, a data-only lower layer below the view (see `mount/data.rs`). `user`: mounted in a
+/// user namespace, where overlayfs keeps its attributes as `user.overlay.*` and allows none of
+/// these (`nofollow` is the only redirect mode it accepts there).
+pub(crate) fn overlay_options(l: &Layout, user: bool, data: Option<&Path>) -> String {
+    let lower = match data {
+        Some(d) if !user => format!("{}::{}", escape_opt(&l.lower), escape_opt(d)),
+        _ => escape_opt(&l.lower),
+    };
     format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir={},metacopy=off,index=off,xino=off{}",
-        escape_opt(&l.lower),
+        "lowerdir={lower},upperdir={},workdir={},{},index=off,xino=off",
         escape_opt(&l.upper),
         escape_opt(&l.work),
-        if user { "nofollow" } else { "off" },
-        if user { ",userxattr" } else { "" }
+        if user {
+            "redirect_dir=nofollow,metacopy=off,userxattr"
+        } else {
+            "redirect_dir=on,metacopy=on"
+        },
     )
 }
 
@@ -208,7 +217,7 @@ impl Repo {
         let m = self.machine_row(name)?;
         let l = self.layout(&m);
         enter_namespace()?;
-        let opts = overlay_options(&l, true);
+        let opts = overlay_options(&l, true, None);
         mount_overlay(&m.dir, &opts).map_err(|e| {
             EngineError::Invalid(format!(
                 "could not mount the overlay at {} in a user namespace ({e}); this needs a \

@@ -228,7 +228,13 @@ impl Repo {
                 report.reach = Some(crate::sandbox::path_from_host(&h, &m.dir));
             })
         } else {
-            let opts = super::rootless::overlay_options(&l, false);
+            let data = self.data_layer();
+            std::fs::create_dir_all(data.dir()).map_err(|source| EngineError::Io {
+                op: "create directory",
+                path: data.dir().to_owned(),
+                source,
+            })?;
+            let opts = super::rootless::overlay_options(&l, false, Some(data.dir()));
             super::rootless::mount_overlay(&m.dir, &opts).map_err(|e| {
                 EngineError::Invalid(format!(
                     "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
@@ -312,8 +318,13 @@ impl Repo {
         })?;
         match &self.lower_server {
             LowerServer::InProcess => {
-                let view =
-                    self.mount_tree(root, &[], &lower_name(m, root), lower, &lower_options())?;
+                let view = self.mount_tree(
+                    root,
+                    &[],
+                    &lower_name(m, root),
+                    lower,
+                    &self.lower_options(),
+                )?;
                 lock(&self.views).insert(m.uid.clone(), view);
                 Ok(())
             }
@@ -396,7 +407,7 @@ impl Repo {
             &[],
             &lower_name(&m, base.root),
             &lower,
-            &lower_options(),
+            &self.lower_options(),
         )?;
         // A mount can leave the mount table and still not end: a user namespace made while it
         // was mounted (a machine run without root, see `rootless.rs`) holds a copy that no
@@ -461,16 +472,20 @@ fn lower_name(m: &MachineRow, root: crate::model::TreeId) -> String {
     format!("{}@base.{}", m.name, root.to_hex())
 }
 
-/// A lower layer serves a machine: its setuid programs and device nodes must work. Without
-/// root, only the user's own processes use it (`fusermount3` would refuse the rest), and its
-/// root files are the user's (see `rootless.rs`).
-fn lower_options() -> MountOptions {
-    let ids = super::rootless::namespace_ids();
-    MountOptions {
-        allow_other: ids.is_none(),
-        devices_and_setuid: ids.is_none(),
-        ids,
-        ..MountOptions::default()
+impl Repo {
+    /// A lower layer serves a machine: its setuid programs and device nodes must work, and
+    /// as root it fills the data layer under the overlay. Without root, only the user's own
+    /// processes use it (`fusermount3` would refuse the rest), and its root files are the
+    /// user's (see `rootless.rs`).
+    fn lower_options(&self) -> MountOptions {
+        let ids = super::rootless::namespace_ids();
+        MountOptions {
+            allow_other: ids.is_none(),
+            devices_and_setuid: ids.is_none(),
+            data: ids.is_none().then(|| self.data_layer()),
+            ids,
+            ..MountOptions::default()
+        }
     }
 }
 
@@ -496,3 +511,16 @@ fn detach(path: &Path) -> Result<()> {
 
 /// Keeps in-process views alive for as long as the `Repo`.
 pub(crate) type Views = std::sync::Mutex<std::collections::HashMap<String, MountedView>>;
+
+#[cfg(test)]
+impl Repo {
+    /// READ requests the in-process lower view of machine `name` has served so far.
+    pub(crate) fn lower_reads(&self, name: &str) -> u64 {
+        let uid = self.machine_row(name).unwrap().uid;
+        let views = lock(&self.views);
+        views[&uid]
+            .requests()
+            .read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

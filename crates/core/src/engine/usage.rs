@@ -146,6 +146,17 @@ pub(crate) fn walk_reachable(
     seen: &mut HashSet<TreeId>,
     f: &mut dyn FnMut(BlobId),
 ) -> Result<()> {
+    walk_reachable_files(src, root, seen, f, &mut |_| {})
+}
+
+/// `walk_reachable`, also calling `file` with every file node of every tree reached.
+pub(crate) fn walk_reachable_files(
+    src: &BlobSource<'_>,
+    root: TreeId,
+    seen: &mut HashSet<TreeId>,
+    f: &mut dyn FnMut(BlobId),
+    file: &mut dyn FnMut(&crate::model::Node),
+) -> Result<()> {
     if !seen.insert(root) {
         return Ok(());
     }
@@ -153,13 +164,14 @@ pub(crate) fn walk_reachable(
     let tree = src.tree(root)?;
     for e in &tree.entries {
         match &e.node.content {
-            Content::Dir { tree } => walk_reachable(src, *tree, seen, f)?,
+            Content::Dir { tree } => walk_reachable_files(src, *tree, seen, f, file)?,
             Content::File { extents, .. } => {
                 for x in extents {
                     if let Extent::Data { id, .. } = x {
                         f(BlobId::from(*id));
                     }
                 }
+                file(&e.node);
             }
             _ => {}
         }

@@ -5,6 +5,7 @@
 //! would change the tree answers `EROFS`; nothing here ever writes to the store.
 
 use super::blobs::Blobs;
+use super::data::{self, DataLayer};
 use super::inodes::{Inode, Inodes};
 use super::xattrscan::XattrScan;
 use super::{MountError, Requests};
@@ -27,6 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// What directories report as their size and `st_blksize` everywhere: one ordinary block.
 const BLOCK: u32 = 4096;
+/// The overlay attributes a file with a copy in the data layer answers.
+const METACOPY: &[u8] = b"trusted.overlay.metacopy";
+const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 
 pub(super) struct ViewFs {
     blobs: Arc<Blobs>,
@@ -38,6 +42,32 @@ pub(super) struct ViewFs {
     requests: Arc<Requests>,
     /// The host ids the tree's owners show as (`MountOptions::ids`).
     ids: Option<crate::sandbox::IdMap>,
+    /// The generation of every inode this session hands out. Inode numbers are given in
+    /// lookup order, so the same number names other files in another session; overlayfs
+    /// records copied-up files' lower file handles (number and generation) and decodes them
+    /// on later lookups. A generation of its own per session makes a handle from an earlier
+    /// one stale here (the kernel compares generations) instead of naming the wrong file.
+    generation: Generation,
+    /// Where overlayfs finds whole copies of the larger files (`data.rs`), for the lower
+    /// layer of a machine run by root.
+    data: Option<DataLayer>,
+}
+
+/// A generation for a new session: different from every other session's in practice.
+fn session_generation() -> Generation {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let seed = format!(
+        "{now} {} {:?}",
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let h = blake3::hash(seed.as_bytes());
+    // The kernel keeps 32 bits of it; 0 is what a session without its own would use.
+    let g = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")).max(1);
+    Generation(u64::from(g))
 }
 
 impl ViewFs {
@@ -57,6 +87,8 @@ impl ViewFs {
             top,
             requests,
             ids: None,
+            generation: session_generation(),
+            data: None,
         }
     }
 
@@ -64,6 +96,32 @@ impl ViewFs {
     pub(super) fn with_ids(mut self, ids: Option<crate::sandbox::IdMap>) -> ViewFs {
         self.ids = ids;
         self
+    }
+
+    /// Names the data layer's copies to overlayfs (see `data.rs`).
+    pub(super) fn with_data(mut self, data: Option<DataLayer>) -> ViewFs {
+        self.data = data;
+        self
+    }
+
+    /// The overlay attributes that send overlayfs to a file's copy in the data layer, when it
+    /// has one: `metacopy` (empty) and `redirect` (the copy's path in the layer).
+    fn data_xattr(&self, inode: &Inode, name: &[u8]) -> Option<Vec<u8>> {
+        let layer = self.data.as_ref()?;
+        let want_redirect = match name {
+            METACOPY => false,
+            REDIRECT => true,
+            _ => return None,
+        };
+        let k = data::key(data::eligible(&inode.node)?);
+        if !layer.holds(&k) {
+            return None;
+        }
+        Some(if want_redirect {
+            DataLayer::redirect(&k)
+        } else {
+            Vec::new()
+        })
     }
 
     fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
@@ -400,9 +458,9 @@ impl Filesystem for ViewFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         Requests::count(&self.requests.lookup);
         match self.lookup_attr(parent, name.as_bytes()) {
-            Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(Some(attr)) => reply.entry(&TTL, &attr, self.generation),
             // Node id 0 is a negative entry the kernel caches for the TTL: absent stays absent.
-            Ok(None) => reply.entry(&TTL, &negative_attr(), Generation(0)),
+            Ok(None) => reply.entry(&TTL, &negative_attr(), self.generation),
             Err(e) => reply.error(e),
         }
     }
@@ -519,7 +577,7 @@ impl Filesystem for ViewFs {
                 e.name,
                 &TTL,
                 &attr,
-                Generation(0),
+                self.generation,
             ),
             Err(err) => {
                 failed = Some(err);
@@ -539,14 +597,18 @@ impl Filesystem for ViewFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         Requests::count(&self.requests.getxattr);
-        if self.xattrs.none() {
-            // No xattr anywhere in the tree: the kernel stops asking (see `xattrscan`).
+        if self.xattrs.none() && self.data.is_none() {
+            // No xattr anywhere in the tree: the kernel stops asking (see `xattrscan`). With a
+            // data layer it must keep asking, for the overlay attributes of copied files.
             return reply.error(Errno::ENOSYS);
         }
         let inode = match self.inode(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
+        if let Some(v) = self.data_xattr(&inode, name.as_bytes()) {
+            return xattr_reply(&v, size, reply);
+        }
         let xattrs = &inode.node.meta.xattrs;
         match xattrs.binary_search_by(|x| x.name.as_slice().cmp(name.as_bytes())) {
             Ok(i) => xattr_reply(&xattrs[i].value, size, reply),

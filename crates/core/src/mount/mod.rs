@@ -12,11 +12,14 @@
 //! open while serving (see `blobs.rs`).
 
 mod blobs;
+mod data;
 mod fs;
 mod inodes;
 mod mounts;
 mod xattrscan;
 
+pub use data::DataLayer;
+pub(crate) use data::{eligible as data_eligible, key as data_key};
 pub(crate) use mounts::fsname;
 pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
 pub(crate) use mounts::{mount_at, mount_in};
@@ -124,6 +127,9 @@ pub struct MountOptions {
     /// The lower layer of a machine run without root needs it: a file of the tree's root must
     /// be the user's on the host to be root's inside. Ids the map lacks show unchanged.
     pub ids: Option<crate::sandbox::IdMap>,
+    /// Fill this data layer with the tree's larger files and name their copies to overlayfs
+    /// (`data.rs`): for the lower layer of a machine whose overlay is mounted over it.
+    pub data: Option<DataLayer>,
 }
 
 impl Default for MountOptions {
@@ -134,6 +140,7 @@ impl Default for MountOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             chunk_cache_bytes: 64 << 20,
             ids: None,
+            data: None,
         }
     }
 }
@@ -274,6 +281,26 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
                 source,
             })?;
     }
+    if let Some(layer) = opts.data.clone() {
+        let (blobs, top) = (Arc::downgrade(&blobs), spec.top.clone());
+        std::thread::Builder::new()
+            .name("data-fill".to_owned())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let (files, bytes) = layer.fill_tree(blobs, &top);
+                if files > 0 {
+                    tracing::info!(
+                        "data layer: copied {files} files, {bytes} bytes, in {:.1?}",
+                        t.elapsed()
+                    );
+                }
+            })
+            .map_err(|source| MountError::Io {
+                op: "start the data layer fill of",
+                path: mountpoint.to_owned(),
+                source,
+            })?;
+    }
     let view = fs::ViewFs::new(
         blobs,
         Arc::clone(&xattrs),
@@ -282,7 +309,8 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
         spec.root,
         Arc::clone(&requests),
     )
-    .with_ids(opts.ids.clone());
+    .with_ids(opts.ids.clone())
+    .with_data(opts.data.clone());
     use fuser::MountOption as O;
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -3,6 +3,7 @@
 
 mod check;
 mod concurrency;
+mod datalayer;
 mod fixture;
 mod gc;
 mod mount;

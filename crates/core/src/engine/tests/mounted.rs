@@ -420,15 +420,29 @@ fn a_file_copied_up_unchanged_costs_no_new_chunks() {
     checkpoint(&env.repo, "web");
     let info = create_box(&env, Some("web@v1"));
     env.repo.machine_up("box").unwrap();
-    // A chmod copies the whole file up (metacopy is off); its bytes are the base's.
+    // A chmod copies up only the metadata: nothing is read at all.
     std::fs::set_permissions(
         info.at.join("usr/lib/big"),
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
+    let copied = upper_of(&env, "box").join("usr/lib/big");
     assert!(
-        upper_of(&env, "box").join("usr/lib/big").exists(),
-        "copied up"
+        rustix::fs::lgetxattr(&copied, "trusted.overlay.metacopy", &mut [0u8; 64]).is_ok(),
+        "a metadata-only copy-up"
+    );
+    let c = checkpoint(&env.repo, "box");
+    assert_eq!(c.read_bytes, 0, "the bytes are the base's, by id");
+    // Opening it for writing copies the bytes up too; unchanged, they are still the base's.
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(info.at.join("usr/lib/big"))
+            .unwrap(),
+    );
+    assert!(
+        rustix::fs::lgetxattr(&copied, "trusted.overlay.metacopy", &mut [0u8; 64]).is_err(),
+        "a full copy-up now"
     );
     let c = checkpoint(&env.repo, "box");
     assert_eq!(c.read_bytes, 300_000, "the copy in the upper is read");

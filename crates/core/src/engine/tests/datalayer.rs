@@ -1,0 +1,169 @@
+//! The data layer under root's machines: larger files are copied whole to the local disk once
+//! and overlayfs reads them there, with every attribute still the view's.
+
+use super::fixture::{TestDir, assert_same, noise, snapshot};
+use super::*;
+use crate::engine::mounted::CreateMountedOptions;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+/// The copies in the data layer (not counting fills in progress).
+fn copies(env: &Env) -> Vec<std::path::PathBuf> {
+    let dir = env.repo.data_layer().dir().to_owned();
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(&dir).into_iter().flatten() {
+        let shard = shard.unwrap();
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn wait_for_copies(env: &Env, n: usize) -> Vec<std::path::PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = copies(env);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "the fill made only {c:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn create(env: &Env, name: &str, from: &str) -> MountedInfo {
+    env.repo
+        .create_mounted_machine(
+            &CreateMountedOptions {
+                name: name.into(),
+                at: None,
+                from: Some(r(from)),
+                from_tar: None,
+            },
+            &NoProgress,
+        )
+        .unwrap()
+}
+
+#[test]
+fn larger_files_are_read_from_their_copies_with_the_views_attributes() {
+    let env = Env::new();
+    let web = env.path("web");
+    // Two files of at least MIN_SIZE: a plain one and a sparse one (which stays with the
+    // view); the rest are smaller. A third, larger one, read before its first stat.
+    TestDir::full(&web);
+    std::fs::write(web.join("usr/lib/bigger"), noise(1 << 20, 77)).unwrap();
+    let want = snapshot(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create(&env, "box", "web@v1");
+    env.repo.machine_up("box").unwrap();
+    let made = wait_for_copies(&env, 2);
+    assert_eq!(
+        made.len(),
+        2,
+        "only the two larger files are copied: {made:?}"
+    );
+    for c in &made {
+        let m = std::fs::metadata(c).unwrap();
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o444,
+            "copies are read-only"
+        );
+    }
+    // Their bytes come from the copies: the first reads through the machine send the view
+    // no READ. A small file's do, which shows the count counts.
+    let r0 = env.repo.lower_reads("box");
+    let big = std::fs::read(info.at.join("usr/lib/big")).unwrap();
+    assert_eq!(big, std::fs::read(web.join("usr/lib/big")).unwrap());
+    assert_eq!(
+        env.repo.lower_reads("box"),
+        r0,
+        "the larger file is read from its copy"
+    );
+    std::fs::read(info.at.join("etc/passwd")).unwrap();
+    assert!(
+        env.repo.lower_reads("box") > r0,
+        "a small file is read through the view"
+    );
+    // Every attribute through the machine is still the tree's, the copied files' too, before
+    // and after their first open.
+    assert_same(
+        &snapshot(&info.at),
+        &want,
+        "the machine over its data layer",
+    );
+    assert_same(&snapshot(&info.at), &want, "after every file was opened");
+    let (m, copy) = (
+        std::fs::metadata(info.at.join("usr/lib/bigger")).unwrap(),
+        std::fs::metadata(
+            made.iter()
+                .find(|p| std::fs::metadata(p).unwrap().len() == 1 << 20)
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    assert!(m.blocks() * 512 >= m.size() && copy.blocks() * 512 >= copy.size());
+
+    // A fork of the same content shares the copies; a chmod (metadata only) keeps reading them.
+    checkpoint(&env.repo, "box");
+    let fork_info = create(&env, "copy", "box@v2");
+    env.repo.machine_up("copy").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(copies(&env), made, "equal content, the same copies");
+    std::fs::set_permissions(
+        info.at.join("usr/lib/big"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let r0 = env.repo.lower_reads("box");
+    eprintln!("DBG copies {made:?} r0 {r0}");
+    for k in ["trusted.overlay.metacopy", "trusted.overlay.redirect"] {
+        let mut buf = [0u8; 200];
+        let r = rustix::fs::lgetxattr(
+            env.repo
+                .layout(&env.repo.machine_row("box").unwrap())
+                .lower
+                .join("usr/lib/big"),
+            k,
+            &mut buf,
+        );
+        eprintln!(
+            "DBG {k} {:?} {:?}",
+            r,
+            r.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        );
+    }
+    assert_eq!(std::fs::read(info.at.join("usr/lib/big")).unwrap(), big);
+    assert_eq!(env.repo.lower_reads("box"), r0, "still from the copy");
+    let c = checkpoint(&env.repo, "box");
+    assert_eq!(c.read_bytes, 0, "a metadata-only copy-up reads nothing");
+    assert_eq!(
+        std::fs::read(fork_info.at.join("usr/lib/big")).unwrap(),
+        big
+    );
+    env.repo.machine_down("copy").unwrap();
+    env.repo.machine_down("box").unwrap();
+
+    // gc keeps copies while a tree holds their file, and removes them after.
+    let opts = crate::engine::gc::GcOptions {
+        grace: Duration::ZERO,
+        repack_below: 0.0,
+        dry_run: false,
+    };
+    std::thread::sleep(Duration::from_millis(1100)); // copies made before the mark only
+    assert_eq!(env.repo.gc(&opts, &NoProgress).unwrap().copies_deleted, 0);
+    assert_eq!(copies(&env), made);
+    for m in ["copy", "box", "web"] {
+        env.repo.remove_machine(m).unwrap();
+    }
+    let report = env.repo.gc(&opts, &NoProgress).unwrap();
+    assert_eq!(report.copies_deleted, 2, "{report:?}");
+    assert!(copies(&env).is_empty());
+}

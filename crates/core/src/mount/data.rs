@@ -1,0 +1,284 @@
+//! The data layer under a root machine's overlay: whole copies of the base tree's larger
+//! files on the local disk, each named by its content, that overlayfs reads directly.
+//!
+//! A FUSE view reads at page-cache speed once warm, but the kernel caches a FUSE file in
+//! small pages, and every machine's view caches its own copy. The overlay of a machine run by
+//! root is mounted with this directory as a data-only lower layer (`lowerdir=LOWER::DATA`,
+//! which needs `metacopy=on`). For a regular file of at least [`MIN_SIZE`] bytes whose copy is
+//! here, the view answers `trusted.overlay.metacopy` and `trusted.overlay.redirect` (the
+//! copy's path): overlayfs then takes the file's metadata from the view and its bytes from
+//! the copy, a plain file of the local file system. Reads of those files never reach the
+//! server, run at the local file system's speed, and share one page cache across every
+//! machine (and fork) holding the same content.
+//!
+//! **Invariants.** A copy's name is the BLAKE3 hash of its extent list, so equal content has
+//! one name and a name never changes meaning. A copy is written whole under `tmp/`, synced,
+//! made read-only and only then renamed into place without replacing anything: a name that
+//! exists holds the complete bytes, also after a crash. The view names a copy only once it
+//! exists, and `gc` removes only copies that no checkpoint's tree holds, so a running
+//! machine's copies stay. The layer is a cache: deleting it whole while no machine is up loses
+//! nothing (its files are served by the view again until they are filled anew).
+
+use super::blobs::Blobs;
+use crate::model::{Content, Extent, Node, TreeId};
+use std::collections::HashSet;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Weak;
+
+/// Files smaller than this stay served by the view alone: for them the open, not the copy of
+/// bytes, is most of a read, and the view's opens never leave the kernel.
+pub const MIN_SIZE: u64 = 256 << 10;
+
+/// The fill stops while less than this share of the file system would stay free after it.
+const KEEP_FREE_PERCENT: u64 = 20;
+
+/// The data layer directory of one cairn home.
+#[derive(Clone, Debug)]
+pub struct DataLayer {
+    dir: PathBuf,
+}
+
+/// The name of a file's copy: the hash of its extents, as hex.
+pub(crate) fn key(extents: &[Extent]) -> String {
+    let mut h = blake3::Hasher::new();
+    for x in extents {
+        match x {
+            Extent::Data { id, len } => {
+                h.update(b"d");
+                h.update(id.as_bytes());
+                h.update(&len.to_le_bytes());
+            }
+            Extent::Hole { len } => {
+                h.update(b"h");
+                h.update(&len.to_le_bytes());
+            }
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The extents of a node whose bytes are copied to the data layer: a regular file of at
+/// least `MIN_SIZE` bytes without holes. Until overlayfs first opens a copied file, it reports
+/// the file's blocks as its size rounded up, not looking at the copy; for a sparse file that
+/// would show it dense, so sparse files (disk images, mostly) stay served by the view.
+pub(crate) fn eligible(node: &Node) -> Option<&[Extent]> {
+    match &node.content {
+        Content::File { size, extents, .. }
+            if *size >= MIN_SIZE && extents.iter().all(|x| matches!(x, Extent::Data { .. })) =>
+        {
+            Some(extents)
+        }
+        _ => None,
+    }
+}
+
+impl DataLayer {
+    pub fn new(dir: PathBuf) -> DataLayer {
+        DataLayer { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(&key[..2]).join(key)
+    }
+
+    /// The copy's path inside the layer, as an overlay redirect names it.
+    pub(crate) fn redirect(key: &str) -> Vec<u8> {
+        format!("/{}/{key}", &key[..2]).into_bytes()
+    }
+
+    /// True once the copy named `key` is complete.
+    pub(crate) fn holds(&self, key: &str) -> bool {
+        self.path_of(key).is_file()
+    }
+
+    /// Writes the copy of a file with `extents`, read through `blobs`. Returns the bytes
+    /// written, 0 when another writer was first.
+    pub(super) fn fill(
+        &self,
+        blobs: &Blobs,
+        key: &str,
+        extents: &[Extent],
+    ) -> std::io::Result<u64> {
+        let tmp_dir = self.dir.join("tmp");
+        std::fs::create_dir_all(&tmp_dir)?;
+        let tmp = tmp_dir.join(format!("{key}.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let written = (|| {
+            let mut size = 0;
+            for x in extents {
+                match x {
+                    Extent::Data { id, len } => {
+                        let chunk = blobs.chunk(*id).map_err(std::io::Error::other)?;
+                        if chunk.len() as u64 != *len {
+                            return Err(std::io::Error::other(format!(
+                                "chunk {} is {} bytes, its extent says {len}",
+                                id.short(),
+                                chunk.len()
+                            )));
+                        }
+                        f.write_all(&chunk)?;
+                    }
+                    // Not eligible today (see `eligible`), but a hole would stay one.
+                    Extent::Hole { len } => {
+                        f.seek(SeekFrom::Current(*len as i64))?;
+                    }
+                }
+                size += x.len();
+            }
+            f.set_len(size)?;
+            f.sync_all()?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+            Ok(size)
+        })();
+        drop(f);
+        let done = written.and_then(|size| {
+            let at = self.path_of(key);
+            std::fs::create_dir_all(at.parent().expect("a copy's path has a parent"))?;
+            match rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                &at,
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => Ok(size),
+                Err(rustix::io::Errno::EXIST) => Ok(0),
+                Err(e) => Err(e.into()),
+            }
+        });
+        let _ = std::fs::remove_file(&tmp);
+        done
+    }
+
+    /// True while filling `more` bytes would leave enough of the file system free.
+    fn room_for(&self, more: u64) -> bool {
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(s) => {
+                let free = s.f_bavail.saturating_mul(s.f_frsize);
+                let total = s.f_blocks.saturating_mul(s.f_frsize);
+                free.saturating_sub(more) >= total / 100 * KEEP_FREE_PERCENT
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Copies every eligible file of the tree below `top` that has no copy yet, one at a
+    /// time, at idle I/O priority. Stops when the view has gone (`blobs` can no longer be
+    /// upgraded) or the disk runs short. Returns the files and bytes written.
+    pub(super) fn fill_tree(&self, blobs: Weak<Blobs>, top: &Node) -> (u64, u64) {
+        idle_io_priority();
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            tracing::warn!("data layer {}: {e}", self.dir.display());
+            return (0, 0);
+        }
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut pending: Vec<TreeId> = Vec::new();
+        let (mut files, mut bytes) = (0, 0);
+        if let Content::Dir { tree } = top.content {
+            pending.push(tree);
+        }
+        while let Some(id) = pending.pop() {
+            let Some(b) = blobs.upgrade() else {
+                break;
+            };
+            let Ok(tree) = b.tree_passing(id) else {
+                tracing::debug!("data layer fill stopped: tree {} unreadable", id.short());
+                break;
+            };
+            for e in &tree.entries {
+                if let Content::Dir { tree } = e.node.content {
+                    pending.push(tree);
+                }
+                let Some(extents) = eligible(&e.node) else {
+                    continue;
+                };
+                let k = key(extents);
+                if !seen.insert(k.clone()) || self.holds(&k) {
+                    continue;
+                }
+                let size: u64 = extents.iter().map(Extent::len).sum();
+                if !self.room_for(size) {
+                    tracing::info!("data layer fill stopped: the disk is getting full");
+                    return (files, bytes);
+                }
+                match self.fill(&b, &k, extents) {
+                    Ok(n) => {
+                        files += u64::from(n > 0);
+                        bytes += n;
+                    }
+                    Err(e) => tracing::warn!("data layer: copy of {k} failed: {e}"),
+                }
+            }
+        }
+        (files, bytes)
+    }
+
+    /// Removes every copy made before `made_before` whose name is not in `live`, and
+    /// leftovers of fills that did not finish (older than an hour, so no running fill loses
+    /// its file). Returns the files and bytes removed. A copy made later may be of a tree
+    /// that `live` was computed without, such as a fork's base committed meanwhile.
+    pub fn sweep(
+        &self,
+        live: &HashSet<String>,
+        made_before: std::time::SystemTime,
+    ) -> std::io::Result<(u64, u64)> {
+        let (mut files, mut bytes) = (0, 0);
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e),
+        };
+        for shard in entries {
+            let shard = shard?;
+            let is_tmp = shard.file_name() == "tmp";
+            for f in std::fs::read_dir(shard.path())? {
+                let f = f?;
+                let md = f.metadata()?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let stale = if is_tmp {
+                    md.modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age.as_secs() > 3600)
+                } else {
+                    !live.contains(&name) && md.modified().is_ok_and(|m| m < made_before)
+                };
+                if stale {
+                    std::fs::remove_file(f.path())?;
+                    files += 1;
+                    bytes += md.len();
+                }
+            }
+        }
+        Ok((files, bytes))
+    }
+}
+
+/// Puts the calling thread in the idle I/O class: a fill yields the disk to everything else.
+fn idle_io_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours; who = 0 is the
+    // calling thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            IOPRIO_CLASS_IDLE << 13,
+        )
+    };
+    if r != 0 {
+        tracing::debug!("ioprio_set: {}", std::io::Error::last_os_error());
+    }
+}
