@@ -160,6 +160,7 @@ class Bench:
         self.phases = {}  # step -> phase name -> [ms]
         self.controls = {}  # read step -> [s] through an overlay over the ext4 copy
         self.mismatches = []
+        self.data_layer = None  # (copies, bytes) in cairn's data layer at the end
         self.notes = []
 
     def cairn(self, *a, timed_call=False, **kw):
@@ -204,12 +205,12 @@ class Bench:
         # The floor for reads through any overlay: the same overlay options as a machine's,
         # over the plain ext4 copy instead of cairn's view.
         self.control = os.path.join(d, "overlay-over-ext4")
-        ctl = {n: os.path.join(d, f"control-{n}") for n in ("upper", "work")}
+        ctl = {n: os.path.join(d, f"control-{n}") for n in ("upper", "work", "data")}
         for x in (*ctl.values(), self.control):
             os.makedirs(x)
         run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={self.ext4},upperdir={ctl['upper']},workdir={ctl['work']},"
-             "redirect_dir=off,metacopy=off,index=off,xino=off", self.control])
+             f"lowerdir={self.ext4}::{ctl['data']},upperdir={ctl['upper']},workdir={ctl['work']},"
+             "redirect_dir=on,metacopy=on,index=off,xino=off", self.control])
 
         say(f"[{fs}] btrfs: sparse image, mkfs.btrfs, mount -o loop, subvolume with the tree")
         img = os.path.join(d, "btrfs.img")
@@ -402,6 +403,10 @@ class Bench:
         shutil.rmtree(chroot)
 
     def teardown(self):
+        files = os.path.join(self.home, "cache", "files")
+        sizes = [os.path.getsize(os.path.join(dp, f)) for dp, dn, fs in os.walk(files)
+                 if os.path.basename(dp) != "tmp" for f in fs]
+        self.data_layer = (len(sizes), sum(sizes))
         for m in ["box"]:
             try:
                 self.cairn("machine", "down", m)
@@ -507,6 +512,11 @@ def report(args, benches, started):
                          f"(no cairn): {fmt_s(ctl)}, {ext4 / ctl:.2f}× ext4; cairn's view under "
                          f"the overlay reads at {ctl / c:.2f}× that.")
         L.append("")
+        if b.data_layer:
+            n, size = b.data_layer
+            L.append(f"- data layer after the run: {n} copies, {size / (1 << 20):.0f} MiB "
+                     f"(every non-empty file without holes, read by the overlay directly).")
+            L.append("")
         L.append("cairn's own phase timings (`--json`, medians, ms):")
         L.append("")
         for step in ("checkpoint", "restore", "fork", "up"):
@@ -534,10 +544,12 @@ def report(args, benches, started):
              "one into place, delete the old one.")
     L.append("- **fork**: `cairn fork box@vN forkN` (one mounted machine) against a writable "
              "`btrfs subvolume snapshot` of the checkpoint's snapshot.")
-    L.append("- **warm reads**: after a restore (empty upper, everything from the view) read every "
-             "regular file, and separately the 20 largest: one pass to warm the cache, then "
-             f"{WARM_PASSES} timed passes (their median counts). The reference reads the same files "
-             "from the plain ext4 copy; the control reads them through an overlay over that copy.")
+    L.append("- **warm reads**: after a restore (empty upper, everything from the lower layers: "
+             "the view, and the data layer's copies of every file without holes, made once when "
+             "the machine first came up) read every regular file, and separately the 20 largest: "
+             f"one pass to warm the cache, then {WARM_PASSES} timed passes (their median counts). "
+             "The reference reads the same files from the plain ext4 copy; the control reads them "
+             "through an overlay with the same options (an empty data-only layer) over that copy.")
     L.append(f"- **dpkg -i**: the package set (`{args.pkgset}` and its dependencies, downloaded "
              "once with apt-get) installed offline: `cairn run box --bind DEBS:/debs:ro -- sh -c "
              "'dpkg -i /debs/*.deb'` on a freshly restored machine, against `chroot DIR sh -c "

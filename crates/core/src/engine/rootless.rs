@@ -50,26 +50,29 @@ pub(crate) fn namespace_ids() -> Option<IdMap> {
     })
 }
 
-/// The overlay's mount options. As root, renaming a directory that has a lower one records a
+/// The overlay's mount options. As root with a data layer (`data`, a data-only lower layer
+/// below the view, see `mount/data.rs`): renaming a directory that has a lower one records a
 /// redirect instead of copying the whole subtree up, and a chmod, chown or xattr change of a
-/// lower file copies up only its metadata (the upper ingest reads both); `data` is the data
-/// layer, a data-only lower layer below the view (see `mount/data.rs`). `user`: mounted in a
-/// user namespace, where overlayfs keeps its attributes as `user.overlay.*` and allows none of
-/// these (`nofollow` is the only redirect mode it accepts there).
+/// lower file copies up only its metadata (the upper ingest reads both). Without one, neither
+/// (`metacopy=off` also makes overlayfs ignore the view's attributes naming copies). `user`:
+/// mounted in a user namespace, where overlayfs keeps its attributes as `user.overlay.*` and
+/// allows none of these (`nofollow` is the only redirect mode it accepts there).
 pub(crate) fn overlay_options(l: &Layout, user: bool, data: Option<&Path>) -> String {
-    let lower = match data {
-        Some(d) if !user => format!("{}::{}", escape_opt(&l.lower), escape_opt(d)),
-        _ => escape_opt(&l.lower),
+    let (lower, features) = match data {
+        _ if user => (
+            escape_opt(&l.lower),
+            "redirect_dir=nofollow,metacopy=off,userxattr",
+        ),
+        Some(d) => (
+            format!("{}::{}", escape_opt(&l.lower), escape_opt(d)),
+            "redirect_dir=on,metacopy=on",
+        ),
+        None => (escape_opt(&l.lower), "redirect_dir=off,metacopy=off"),
     };
     format!(
-        "lowerdir={lower},upperdir={},workdir={},{},index=off,xino=off",
+        "lowerdir={lower},upperdir={},workdir={},{features},index=off,xino=off",
         escape_opt(&l.upper),
         escape_opt(&l.work),
-        if user {
-            "redirect_dir=nofollow,metacopy=off,userxattr"
-        } else {
-            "redirect_dir=on,metacopy=on"
-        },
     )
 }
 

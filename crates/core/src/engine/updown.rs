@@ -229,19 +229,26 @@ impl Repo {
             })
         } else {
             let data = self.data_layer();
-            std::fs::create_dir_all(data.dir()).map_err(|source| EngineError::Io {
+            data.create().map_err(|source| EngineError::Io {
                 op: "create directory",
                 path: data.dir().to_owned(),
                 source,
             })?;
             let opts = super::rootless::overlay_options(&l, false, Some(data.dir()));
-            super::rootless::mount_overlay(&m.dir, &opts).map_err(|e| {
-                EngineError::Invalid(format!(
-                    "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
+            super::rootless::mount_overlay(&m.dir, &opts)
+                .or_else(|e| {
+                    // Data-only layers need Linux 6.5; without, the view's attributes go unused.
+                    let plain = super::rootless::overlay_options(&l, false, None);
+                    tracing::info!("overlay with a data layer refused ({e}); mounting without");
+                    super::rootless::mount_overlay(&m.dir, &plain).map_err(|_| e)
+                })
+                .map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "could not mount the overlay at {} ({e}); overlayfs needs root (or a user \
                      namespace) and a kernel with overlay support; options were {opts}",
-                    m.dir.display()
-                ))
-            })
+                        m.dir.display()
+                    ))
+                })
         };
         if let Err(e) = mounted {
             // The view can die between answering and the overlay's mount (its server was

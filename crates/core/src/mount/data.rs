@@ -1,15 +1,19 @@
-//! The data layer under a root machine's overlay: whole copies of the base tree's larger
-//! files on the local disk, each named by its content, that overlayfs reads directly.
+//! The data layer under a root machine's overlay: whole copies of the base tree's files on
+//! the local disk, each named by its content, that overlayfs reads directly.
 //!
 //! A FUSE view reads at page-cache speed once warm, but the kernel caches a FUSE file in
-//! small pages, and every machine's view caches its own copy. The overlay of a machine run by
-//! root is mounted with this directory as a data-only lower layer (`lowerdir=LOWER::DATA`,
-//! which needs `metacopy=on`). For a regular file of at least [`MIN_SIZE`] bytes whose copy is
-//! here, the view answers `trusted.overlay.metacopy` and `trusted.overlay.redirect` (the
-//! copy's path): overlayfs then takes the file's metadata from the view and its bytes from
-//! the copy, a plain file of the local file system. Reads of those files never reach the
-//! server, run at the local file system's speed, and share one page cache across every
-//! machine (and fork) holding the same content.
+//! small folios, every machine's view caches its own copy, and a restore or fork mounts a new
+//! view whose cache starts cold. The overlay of a machine run by root is mounted with this
+//! directory as a data-only lower layer (`lowerdir=LOWER::DATA`, which needs `metacopy=on`).
+//! For a regular file whose copy is here, the view answers `trusted.overlay.metacopy` and
+//! `trusted.overlay.redirect` (the copy's path): overlayfs then takes the file's metadata from
+//! the view and its bytes from the copy, a plain file of the local file system. Reads of those
+//! files never reach the server, run at the local file system's speed, and share one page
+//! cache across every machine, fork and restore holding the same content. The price is disk:
+//! one copy of each distinct content (see `eligible`), kept while at least 20% of the file
+//! system stays free.
+//!
+//! The directory is 0700: a copy holds the bytes of a file its machine may keep from others.
 //!
 //! **Invariants.** A copy's name is the BLAKE3 hash of its extent list, so equal content has
 //! one name and a name never changes meaning. A copy is written whole under `tmp/`, synced,
@@ -26,10 +30,6 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
-
-/// Files smaller than this stay served by the view alone: for them the open, not the copy of
-/// bytes, is most of a read, and the view's opens never leave the kernel.
-pub const MIN_SIZE: u64 = 256 << 10;
 
 /// The fill stops while less than this share of the file system would stay free after it.
 const KEEP_FREE_PERCENT: u64 = 20;
@@ -59,14 +59,14 @@ pub(crate) fn key(extents: &[Extent]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// The extents of a node whose bytes are copied to the data layer: a regular file of at
-/// least `MIN_SIZE` bytes without holes. Until overlayfs first opens a copied file, it reports
-/// the file's blocks as its size rounded up, not looking at the copy; for a sparse file that
-/// would show it dense, so sparse files (disk images, mostly) stay served by the view.
+/// The extents of a node whose bytes are copied to the data layer: a non-empty regular file
+/// without holes. Until overlayfs first opens a copied file, it reports the file's blocks as
+/// its size rounded up, not looking at the copy; for a sparse file that would show it dense,
+/// so sparse files (disk images, mostly) stay served by the view.
 pub(crate) fn eligible(node: &Node) -> Option<&[Extent]> {
     match &node.content {
         Content::File { size, extents, .. }
-            if *size >= MIN_SIZE && extents.iter().all(|x| matches!(x, Extent::Data { .. })) =>
+            if *size > 0 && extents.iter().all(|x| matches!(x, Extent::Data { .. })) =>
         {
             Some(extents)
         }
@@ -81,6 +81,13 @@ impl DataLayer {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Makes the layer's directory, open to root alone: a copy holds the bytes of a file that
+    /// may be closed to others inside its machine, and the copy itself is 0444.
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
@@ -107,7 +114,11 @@ impl DataLayer {
     ) -> std::io::Result<u64> {
         let tmp_dir = self.dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
-        let tmp = tmp_dir.join(format!("{key}.{}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let tmp = tmp_dir.join(format!("{key}.{}.{nanos}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -177,7 +188,7 @@ impl DataLayer {
     /// upgraded) or the disk runs short. Returns the files and bytes written.
     pub(super) fn fill_tree(&self, blobs: Weak<Blobs>, top: &Node) -> (u64, u64) {
         idle_io_priority();
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+        if let Err(e) = self.create() {
             tracing::warn!("data layer {}: {e}", self.dir.display());
             return (0, 0);
         }
