@@ -184,10 +184,12 @@ impl DataLayer {
     }
 
     /// Copies every eligible file of the tree below `top` that has no copy yet, one at a
-    /// time, at idle I/O priority. Stops when the view has gone (`blobs` can no longer be
-    /// upgraded) or the disk runs short. Returns the files and bytes written.
-    pub(super) fn fill_tree(&self, blobs: Weak<Blobs>, top: &Node) -> (u64, u64) {
-        idle_io_priority();
+    /// time, read through `blobs`, on an idle thread: idle CPU scheduling and idle I/O
+    /// priority, so that a fill never slows the machine or the command that started it.
+    /// Stops when the view has gone (`alive` can no longer be upgraded) or the disk runs
+    /// short. Returns the files and bytes written.
+    pub(super) fn fill_tree(&self, blobs: &Blobs, alive: &Weak<Blobs>, top: &Node) -> (u64, u64) {
+        idle_thread();
         if let Err(e) = self.create() {
             tracing::warn!("data layer {}: {e}", self.dir.display());
             return (0, 0);
@@ -199,10 +201,10 @@ impl DataLayer {
             pending.push(tree);
         }
         while let Some(id) = pending.pop() {
-            let Some(b) = blobs.upgrade() else {
+            if alive.strong_count() == 0 {
                 break;
-            };
-            let Ok(tree) = b.tree_passing(id) else {
+            }
+            let Ok(tree) = blobs.tree_passing(id) else {
                 tracing::debug!("data layer fill stopped: tree {} unreadable", id.short());
                 break;
             };
@@ -222,7 +224,7 @@ impl DataLayer {
                     tracing::info!("data layer fill stopped: the disk is getting full");
                     return (files, bytes);
                 }
-                match self.fill(&b, &k, extents) {
+                match self.fill(blobs, &k, extents) {
                     Ok(n) => {
                         files += u64::from(n > 0);
                         bytes += n;
@@ -275,8 +277,18 @@ impl DataLayer {
     }
 }
 
-/// Puts the calling thread in the idle I/O class: a fill yields the disk to everything else.
-fn idle_io_priority() {
+/// Makes the calling thread run only when a CPU is otherwise idle (`SCHED_IDLE`) and do its
+/// I/O in the idle class: a fill yields the CPU and the disk to everything else.
+fn idle_thread() {
+    // SAFETY: a zeroed sched_param is valid (priority 0, the only one SCHED_IDLE takes); pid
+    // 0 is the calling thread.
+    let r = unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+    };
+    if r != 0 {
+        tracing::debug!("sched_setscheduler: {}", std::io::Error::last_os_error());
+    }
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE: libc::c_long = 3;
     // SAFETY: ioprio_set takes three integers and touches no memory of ours; who = 0 is the

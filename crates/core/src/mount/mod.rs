@@ -259,6 +259,15 @@ impl MountedView {
 pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> Result<MountedView> {
     mounts::check_mountpoint(mountpoint)?;
     mounts::check_fuse_available()?;
+    // The fill reads through its own reader (catalog connection and chunk cache): it runs
+    // at idle priority and must never hold a lock the serving threads wait for.
+    let fill = match &opts.data {
+        Some(layer) => Some((
+            layer.clone(),
+            blobs::Blobs::open(spec.store.clone(), &spec.catalog_path, 8 << 20)?,
+        )),
+        None => None,
+    };
     let blobs = Arc::new(blobs::Blobs::open(
         spec.store,
         &spec.catalog_path,
@@ -281,13 +290,13 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
                 source,
             })?;
     }
-    if let Some(layer) = opts.data.clone() {
-        let (blobs, top) = (Arc::downgrade(&blobs), spec.top.clone());
+    if let Some((layer, reader)) = fill {
+        let (alive, top) = (Arc::downgrade(&blobs), spec.top.clone());
         std::thread::Builder::new()
             .name("data-fill".to_owned())
             .spawn(move || {
                 let t = std::time::Instant::now();
-                let (files, bytes) = layer.fill_tree(blobs, &top);
+                let (files, bytes) = layer.fill_tree(&reader, &alive, &top);
                 if files > 0 {
                     tracing::info!(
                         "data layer: copied {files} files, {bytes} bytes, in {:.1?}",
