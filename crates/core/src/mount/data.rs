@@ -99,6 +99,25 @@ impl DataLayer {
         format!("/{}/{key}", &key[..2]).into_bytes()
     }
 
+    /// The overlay attribute `name` of a file whose copy is complete: `metacopy` (empty) and
+    /// `redirect` (the copy's path in the layer) send overlayfs to the copy.
+    pub(crate) fn overlay_xattr(&self, node: &Node, name: &[u8]) -> Option<Vec<u8>> {
+        let redirect = match name {
+            b"trusted.overlay.metacopy" => false,
+            b"trusted.overlay.redirect" => true,
+            _ => return None,
+        };
+        let k = key(eligible(node)?);
+        if !self.holds(&k) {
+            return None;
+        }
+        Some(if redirect {
+            Self::redirect(&k)
+        } else {
+            Vec::new()
+        })
+    }
+
     /// True once the copy named `key` is complete.
     pub(crate) fn holds(&self, key: &str) -> bool {
         self.path_of(key).is_file()

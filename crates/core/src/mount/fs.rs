@@ -5,7 +5,8 @@
 //! would change the tree answers `EROFS`; nothing here ever writes to the store.
 
 use super::blobs::Blobs;
-use super::data::{self, DataLayer};
+use super::data::DataLayer;
+use super::inodes::session_generation;
 use super::inodes::{Inode, Inodes};
 use super::xattrscan::XattrScan;
 use super::{MountError, Requests};
@@ -28,9 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// What directories report as their size and `st_blksize` everywhere: one ordinary block.
 const BLOCK: u32 = 4096;
-/// The overlay attributes a file with a copy in the data layer answers.
-const METACOPY: &[u8] = b"trusted.overlay.metacopy";
-const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 
 pub(super) struct ViewFs {
     blobs: Arc<Blobs>,
@@ -51,23 +49,6 @@ pub(super) struct ViewFs {
     /// Where overlayfs finds whole copies of the larger files (`data.rs`), for the lower
     /// layer of a machine run by root.
     data: Option<DataLayer>,
-}
-
-/// A generation for a new session: different from every other session's in practice.
-fn session_generation() -> Generation {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let seed = format!(
-        "{now} {} {:?}",
-        std::process::id(),
-        std::thread::current().id()
-    );
-    let h = blake3::hash(seed.as_bytes());
-    // The kernel keeps 32 bits of it; 0 is what a session without its own would use.
-    let g = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")).max(1);
-    Generation(u64::from(g))
 }
 
 impl ViewFs {
@@ -102,26 +83,6 @@ impl ViewFs {
     pub(super) fn with_data(mut self, data: Option<DataLayer>) -> ViewFs {
         self.data = data;
         self
-    }
-
-    /// The overlay attributes that send overlayfs to a file's copy in the data layer, when it
-    /// has one: `metacopy` (empty) and `redirect` (the copy's path in the layer).
-    fn data_xattr(&self, inode: &Inode, name: &[u8]) -> Option<Vec<u8>> {
-        let layer = self.data.as_ref()?;
-        let want_redirect = match name {
-            METACOPY => false,
-            REDIRECT => true,
-            _ => return None,
-        };
-        let k = data::key(data::eligible(&inode.node)?);
-        if !layer.holds(&k) {
-            return None;
-        }
-        Some(if want_redirect {
-            DataLayer::redirect(&k)
-        } else {
-            Vec::new()
-        })
     }
 
     fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
@@ -606,7 +567,11 @@ impl Filesystem for ViewFs {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        if let Some(v) = self.data_xattr(&inode, name.as_bytes()) {
+        if let Some(v) = self
+            .data
+            .as_ref()
+            .and_then(|d| d.overlay_xattr(&inode.node, name.as_bytes()))
+        {
             return xattr_reply(&v, size, reply);
         }
         let xattrs = &inode.node.meta.xattrs;
@@ -811,28 +776,5 @@ fn negative_attr() -> FileAttr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_numbers_use_the_protocol_encoding() {
-        // Small numbers look the same in both encodings; large minors move above the major.
-        assert_eq!(kernel_rdev(libc::makedev(1, 3)), 0x103);
-        assert_eq!(
-            kernel_rdev(libc::makedev(7, 300)),
-            (300 & 0xff) | (7 << 8) | (256 << 12)
-        );
-    }
-
-    #[test]
-    fn times_before_the_epoch_keep_their_nanoseconds() {
-        let t = system_time(Timestamp {
-            secs: -2,
-            nanos: 500,
-        });
-        assert_eq!(
-            UNIX_EPOCH.duration_since(t).unwrap(),
-            Duration::new(1, 999_999_500)
-        );
-    }
-}
+#[path = "fs_tests.rs"]
+mod tests;

@@ -111,6 +111,23 @@ impl Inodes {
     }
 }
 
+/// A generation for a new session: different from every other session's in practice.
+pub(super) fn session_generation() -> fuser::Generation {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let seed = format!(
+        "{now} {} {:?}",
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let h = blake3::hash(seed.as_bytes());
+    // The kernel keeps 32 bits of it; 0 is what a session without its own would use.
+    let g = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")).max(1);
+    fuser::Generation(u64::from(g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
