@@ -130,23 +130,26 @@ def read_files(top, rels):
     return n
 
 
-WARM_PASSES = 3
+WARM_PASSES = 5
 
 
-def timed_read(top, rels):
-    """Reads the files once to warm the cache, then WARM_PASSES more times; returns the median
-    seconds of the warm passes (one pass of the largest files is only tens of ms, too short to
-    trust alone on a shared machine) and the bytes of one pass."""
-    read_files(top, rels)
-    times = []
-    for _ in range(WARM_PASSES):
-        t = time.perf_counter()
-        n = read_files(top, rels)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), n
+def timed_reads(tops, rels):
+    """Reads the files under each of `tops` once to warm the cache, then WARM_PASSES rounds in
+    which every top is read once, in an order that rotates from round to round, so that load
+    drifting on a shared machine falls on every side alike. Returns the median seconds of each
+    top's warm passes (one pass of the largest files is only tens of ms, too short to trust
+    alone) and the bytes each top read in one pass."""
+    for top in tops:
+        read_files(top, rels)
+    times = {top: [] for top in tops}
+    sizes = {}
+    for k in range(WARM_PASSES):
+        for top in tops[k % len(tops):] + tops[:k % len(tops)]:
+            t = time.perf_counter()
+            sizes[top] = read_files(top, rels)
+            times[top].append(time.perf_counter() - t)
+    return {top: statistics.median(v) for top, v in times.items()}, sizes
 
-
-# ---------------------------------------------------------------------------- the benchmark
 
 class Bench:
     def __init__(self, args, fs):
@@ -332,12 +335,11 @@ class Bench:
 
         # warm reads of unchanged files: whole tree, then the largest files
         for key, rels in (("read_tree", self.regular), ("read_large", self.largest)):
-            dt, n = timed_read(self.ext4, rels)
-            r[key]["ref"].append(dt)
-            dt2, n2 = timed_read(self.box, rels)
-            r[key]["cairn"].append(dt2)
-            dt3, _ = timed_read(self.control, rels)
-            self.controls.setdefault(key, []).append(dt3)
+            dts, sizes = timed_reads([self.ext4, self.box, self.control], rels)
+            r[key]["ref"].append(dts[self.ext4])
+            r[key]["cairn"].append(dts[self.box])
+            self.controls.setdefault(key, []).append(dts[self.control])
+            n, n2 = sizes[self.ext4], sizes[self.box]
             if n != n2:
                 loud(f"[{fs}] {key}: read {n2} bytes through the view, {n} from ext4")
                 self.mismatches.append((key, 1, [f"{n2} != {n}"]))
@@ -547,9 +549,11 @@ def report(args, benches, started):
     L.append("- **warm reads**: after a restore (empty upper, everything from the lower layers: "
              "the view, and the data layer's copies of every file without holes, made once when "
              "the machine first came up) read every regular file, and separately the 20 largest: "
-             f"one pass to warm the cache, then {WARM_PASSES} timed passes (their median counts). "
-             "The reference reads the same files from the plain ext4 copy; the control reads them "
-             "through an overlay with the same options (an empty data-only layer) over that copy.")
+             "one pass of each side to warm the cache, then "
+             f"{WARM_PASSES} rounds that read every side once, in an order rotating from round to "
+             "round (each side's median counts). The reference reads the same files from the plain "
+             "ext4 copy; the control reads them through an overlay with the same options (an empty "
+             "data-only layer) over that copy.")
     L.append(f"- **dpkg -i**: the package set (`{args.pkgset}` and its dependencies, downloaded "
              "once with apt-get) installed offline: `cairn run box --bind DEBS:/debs:ro -- sh -c "
              "'dpkg -i /debs/*.deb'` on a freshly restored machine, against `chroot DIR sh -c "

@@ -513,6 +513,31 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Runs `f` as one transaction on this connection: every write the catalog's methods make
+    /// inside it commits together, or none does. For steps of one operation that must land
+    /// at once (and that then cost one fsync, not one each). `f` must not wait on another
+    /// connection's write, which this one's open transaction would block.
+    pub fn batch<T, E: From<CatalogError>>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = WriteTx::begin(&self.conn, "begin a batch")?;
+        let out = f()?;
+        tx.commit("commit a batch")?;
+        Ok(out)
+    }
+
+    /// Commits on this connection from now on are not fsynced (`synchronous=NORMAL`): atomic
+    /// and visible to every connection at once, and durable with the next synced commit of
+    /// any connection, since the WAL is one file written in order and recovery keeps only a
+    /// prefix of its commits. Only for a connection whose rows nothing outside the catalog
+    /// relies on before such a commit (see `BlobWriter`).
+    pub fn skip_fsync(&self) -> Result<(), CatalogError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .ctx("set synchronous=NORMAL")
+    }
+
     fn write_tx(&self, op: &'static str) -> Result<WriteTx<'_>, CatalogError> {
         WriteTx::begin(&self.conn, op)
     }

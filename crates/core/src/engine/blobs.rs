@@ -10,8 +10,8 @@ use crate::catalog::{BlobLoc, Catalog, PackRow};
 use crate::model::{BlobId, ChunkId, Tree, TreeId, decode_tree, encode_tree};
 use crate::store::{BlobKind, FinishedPack, PackWriter, Store, encode_blob};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Packs are uploaded once their stored bytes reach this size.
 pub(crate) const PACK_TARGET: u64 = 16 << 20;
@@ -40,8 +40,14 @@ struct WriterState {
 
 pub(crate) struct BlobWriter<'a> {
     store: &'a Store,
-    /// Indexes the packs this writer uploads.
-    catalog: Mutex<Catalog>,
+    catalog_path: PathBuf,
+    /// Indexes the packs this writer uploads; opened with the first one (a dry writer, or one
+    /// whose blobs all exist, never opens it). Its commits are not fsynced: a pack is durable
+    /// before its rows are inserted, and a row matters only to a checkpoint that references
+    /// the blob, whose own synced commit comes later in the same WAL and makes every earlier
+    /// frame durable with it. Power loss before that leaves an unindexed pack, which gc
+    /// removes, as after any crash before the commit.
+    catalog: OnceLock<Mutex<Catalog>>,
     /// Answers "is this blob live?" from one read snapshot taken when the writer started: no
     /// lock round trip per chunk. Blobs indexed after the snapshot are at worst written again
     /// (dedup is lost, never correctness), and a blob gc dooms after the snapshot is protected
@@ -65,7 +71,8 @@ impl<'a> BlobWriter<'a> {
         lookups.hold_read_snapshot()?;
         Ok(BlobWriter {
             store,
-            catalog: Mutex::new(Catalog::open(catalog_path)?),
+            catalog_path: catalog_path.to_owned(),
+            catalog: OnceLock::new(),
             lookups: Mutex::new(lookups),
             state: Mutex::new(WriterState {
                 data: PackWriter::new(),
@@ -198,11 +205,32 @@ impl<'a> BlobWriter<'a> {
             })?,
         }
         let rows: Vec<(PackRow, Vec<BlobLoc>)> = finished.iter().map(index_rows).collect();
-        lock(&self.catalog).transaction(|c| {
+        lock(self.index_catalog()?).transaction(|c| {
             rows.iter()
                 .try_for_each(|(row, locs)| c.insert_pack(row, locs))
         })?;
         Ok(())
+    }
+
+    /// The connection that indexes uploaded packs (see `catalog`).
+    fn index_catalog(&self) -> Result<&Mutex<Catalog>> {
+        if let Some(c) = self.catalog.get() {
+            return Ok(c);
+        }
+        let c = Catalog::open(&self.catalog_path)?;
+        c.skip_fsync()?;
+        // Should two uploads race here, one connection is kept and the other dropped.
+        Ok(self.catalog.get_or_init(|| Mutex::new(c)))
+    }
+
+    /// A reader over this writer's snapshot, without a connection of its own: for reading
+    /// the trees the snapshot already held (a mounted machine's base).
+    pub(crate) fn source(&self) -> BlobSource<'_> {
+        BlobSource {
+            store: self.store,
+            catalog: Conn::Shared(&self.lookups),
+            trees: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Uploads the partly filled packs. After this returns, every blob put so far is durable
@@ -247,8 +275,23 @@ pub(crate) fn index_rows(finished: &FinishedPack) -> (PackRow, Vec<BlobLoc>) {
 /// Reads blobs through the catalog's index. Safe to share between threads.
 pub(crate) struct BlobSource<'a> {
     store: &'a Store,
-    catalog: Mutex<Catalog>,
+    catalog: Conn<'a>,
     trees: Mutex<HashMap<TreeId, Arc<Tree>>>,
+}
+
+/// A read snapshot a source owns, or shares with the writer it came from.
+enum Conn<'a> {
+    Own(Mutex<Catalog>),
+    Shared(&'a Mutex<Catalog>),
+}
+
+impl Conn<'_> {
+    fn get(&self) -> MutexGuard<'_, Catalog> {
+        match self {
+            Conn::Own(m) => lock(m),
+            Conn::Shared(m) => lock(m),
+        }
+    }
 }
 
 impl<'a> BlobSource<'a> {
@@ -257,7 +300,7 @@ impl<'a> BlobSource<'a> {
         catalog.hold_read_snapshot()?;
         Ok(BlobSource {
             store,
-            catalog: Mutex::new(catalog),
+            catalog: Conn::Own(Mutex::new(catalog)),
             trees: Mutex::new(HashMap::new()),
         })
     }
@@ -267,21 +310,8 @@ impl<'a> BlobSource<'a> {
         lock(&self.trees).extend(trees);
     }
 
-    pub(crate) fn locate(&self, id: BlobId) -> Result<BlobLoc> {
-        match lock(&self.catalog).lookup_blob(&id)? {
-            Some((loc, _)) => Ok(loc),
-            None => Err(EngineError::Corrupt {
-                what: format!("blob {}", id.short()),
-                reason: "it is referenced but no pack holds it".to_owned(),
-            }),
-        }
-    }
-
     pub(crate) fn read(&self, id: BlobId) -> Result<Vec<u8>> {
-        let loc = self.locate(id)?;
-        Ok(self
-            .store
-            .read_blob(&loc.pack, loc.offset, loc.stored_len, loc.raw_len, &id)?)
+        read_with(self.store, &self.catalog.get(), id)
     }
 
     pub(crate) fn chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
@@ -292,12 +322,36 @@ impl<'a> BlobSource<'a> {
         if let Some(t) = lock(&self.trees).get(&id) {
             return Ok(Arc::clone(t));
         }
-        let bytes = self.read(BlobId::from(id))?;
-        let tree = Arc::new(decode_tree(&bytes).map_err(|e| EngineError::Corrupt {
-            what: format!("tree {}", id.short()),
-            reason: e.to_string(),
-        })?);
+        let tree = Arc::new(decode(id, &self.read(BlobId::from(id))?)?);
         lock(&self.trees).insert(id, Arc::clone(&tree));
         Ok(tree)
     }
+}
+
+fn locate_with(catalog: &Catalog, id: BlobId) -> Result<BlobLoc> {
+    match catalog.lookup_blob(&id)? {
+        Some((loc, _)) => Ok(loc),
+        None => Err(EngineError::Corrupt {
+            what: format!("blob {}", id.short()),
+            reason: "it is referenced but no pack holds it".to_owned(),
+        }),
+    }
+}
+
+fn read_with(store: &Store, catalog: &Catalog, id: BlobId) -> Result<Vec<u8>> {
+    let loc = locate_with(catalog, id)?;
+    Ok(store.read_blob(&loc.pack, loc.offset, loc.stored_len, loc.raw_len, &id)?)
+}
+
+fn decode(id: TreeId, bytes: &[u8]) -> Result<Tree> {
+    decode_tree(bytes).map_err(|e| EngineError::Corrupt {
+        what: format!("tree {}", id.short()),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads one tree through `catalog`, a connection the caller already has: for a command that
+/// needs a single tree and no reader (snapshot, cache) of its own.
+pub(crate) fn read_tree_with(store: &Store, catalog: &Catalog, id: TreeId) -> Result<Tree> {
+    decode(id, &read_with(store, catalog, BlobId::from(id))?)
 }

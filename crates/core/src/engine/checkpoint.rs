@@ -4,7 +4,7 @@
 //! then the manifest object is durable, then one catalog transaction inserts the row and moves
 //! the machine's head. "Created" is reported only after that transaction commits.
 
-use super::blobs::{BlobSource, BlobWriter};
+use super::blobs::BlobWriter;
 use super::ingest::{IngestOptions, ingest};
 use super::manifest::{self, CheckpointManifest};
 use super::statcache::StatCache;
@@ -77,13 +77,17 @@ impl Repo {
             let _lock = self.lock_machine(machine, "checkpoint create")?;
             self.complete_interrupted(&m, progress)?;
             let m = self.machine_row(machine)?;
-            self.checkpoint_locked(&m, opts, progress)
+            self.checkpoint_locked(&m, opts, progress, Some("create"))
         })();
-        let detail = result
-            .as_ref()
-            .map(|r| r.checkpoint.id.clone())
-            .map_err(super::machine::clone_err);
-        self.audit("create", Some(machine), detail.as_deref().ok(), &detail);
+        // A success was recorded in the checkpoint's own commit.
+        if let Err(e) = &result {
+            self.audit(
+                "create",
+                Some(machine),
+                None,
+                &Err(super::machine::clone_err(e)),
+            );
+        }
         result
     }
 
@@ -151,7 +155,8 @@ impl Repo {
             path: upper_dir.clone(),
             reason: format!("{e}; the machine's upper layer is missing"),
         })?;
-        let src = BlobSource::new(&self.store, &self.catalog_path())?;
+        // The writer's snapshot holds the base: no reader of its own to open.
+        let src = writer.source();
         let opts = IngestOptions {
             progress,
             cache,
@@ -168,12 +173,14 @@ impl Repo {
         ingest(&root, writer, &opts)
     }
 
-    /// Checkpoint with the machine lock already held.
+    /// Checkpoint with the machine lock already held. With `audit`, the new checkpoint is
+    /// recorded in the audit log under that op in the same commit.
     pub(crate) fn checkpoint_locked(
         &self,
         m: &MachineRow,
         opts: &CheckpointOptions,
         progress: &dyn Progress,
+        audit: Option<&'static str>,
     ) -> Result<CheckpointReport> {
         if let Some(n) = &opts.name
             && self.catalog.checkpoint_by_name(m.id, n)?.is_some()
@@ -212,6 +219,7 @@ impl Repo {
             ing.logical_bytes,
             ing.entries,
             stats.stored_bytes,
+            audit.map(|op| CommitAudit { op, detail: None }),
         )?;
         phases.push(super::Phase::since("commit", t));
         let mut cache = ing.cache;
@@ -243,6 +251,7 @@ impl Repo {
         logical_bytes: u64,
         entries: u64,
         added_bytes: u64,
+        audit: Option<CommitAudit>,
     ) -> Result<CheckpointRow> {
         // The machine lock is held, so nobody else assigns this machine's next version.
         let version = m.next_version;
@@ -274,7 +283,7 @@ impl Repo {
                 auto: opts.auto,
             },
         )?;
-        Ok(self.catalog.commit_checkpoint(&NewCheckpoint {
+        let new = NewCheckpoint {
             machine_id: m.id,
             name: opts.name.as_deref(),
             note: &opts.note,
@@ -288,7 +297,18 @@ impl Repo {
             entries,
             auto: opts.auto,
             version: Some(version),
-        })?)
+        };
+        let Some(audit) = audit else {
+            return Ok(self.catalog.commit_checkpoint(&new)?);
+        };
+        // The audit row commits with the checkpoint: one fsync, and never one without the other.
+        self.catalog.batch(|| {
+            let row = self.catalog.commit_checkpoint(&new)?;
+            let id = format!("{}@v{}", m.name, row.version);
+            let detail = audit.detail.unwrap_or_else(|| id.clone());
+            self.audit(audit.op, Some(&m.name), Some(&id), &Ok(detail));
+            Ok(row)
+        })
     }
 
     /// Resolves `MACHINE@SEL` to its machine and checkpoint rows.
@@ -395,6 +415,13 @@ impl Repo {
         self.audit("delete", Some(&r.machine), Some(&r.to_string()), &detail);
         result
     }
+}
+
+/// An audit row written in a checkpoint's own commit: the op, and the detail (the new
+/// checkpoint's id when `None`).
+pub(crate) struct CommitAudit {
+    pub op: &'static str,
+    pub detail: Option<String>,
 }
 
 /// Threads that read and chunk files during an ingest.

@@ -93,6 +93,7 @@ impl Repo {
                         auto: false,
                     },
                     progress,
+                    None,
                 )?)
             }
         };

@@ -27,10 +27,9 @@
 //! differences inside the path are written, into the upper. A machine that is down is brought
 //! up for it (the journal says so) and down again after; a crash is completed the same way.
 
-use super::blobs::BlobSource;
 use super::checkpoint::CheckpointOptions;
 use super::machine::clone_err;
-use super::restore::{RestoreReport, ViewRestore, root_node};
+use super::restore::{RestoreReport, ViewRestore, root_entry};
 use super::{EngineError, Phase, Progress, Repo, Result, now_ns};
 use crate::catalog::{Base, CheckpointRow, MachineKind, MachineRow};
 use crate::is_root;
@@ -84,12 +83,28 @@ impl Repo {
         opts: &CreateMountedOptions,
         progress: &dyn Progress,
     ) -> Result<MountedInfo> {
-        let result = self.create_mounted_inner(opts, progress);
-        let detail = result
-            .as_ref()
-            .map(|i| i.at.display().to_string())
-            .map_err(clone_err);
-        self.audit("machine-create", Some(&opts.name), None, &detail);
+        let audit = CreateAudit {
+            op: "machine-create",
+            target: None,
+            detail: |i| i.at.display().to_string(),
+        };
+        self.create_mounted_audited(opts, progress, &audit)
+    }
+
+    /// Creates the machine and records the outcome in the audit log: a success in the same
+    /// commit as the machine's base (one fsync for both), unless a tar import follows it.
+    fn create_mounted_audited(
+        &self,
+        opts: &CreateMountedOptions,
+        progress: &dyn Progress,
+        audit: &CreateAudit<'_>,
+    ) -> Result<MountedInfo> {
+        let mut audited = false;
+        let result = self.create_mounted_inner(opts, progress, audit, &mut audited);
+        if !audited {
+            let detail = result.as_ref().map(audit.detail).map_err(clone_err);
+            self.audit(audit.op, Some(&opts.name), audit.target, &detail);
+        }
         result
     }
 
@@ -97,6 +112,8 @@ impl Repo {
         &self,
         opts: &CreateMountedOptions,
         progress: &dyn Progress,
+        audit: &CreateAudit<'_>,
+        audited: &mut bool,
     ) -> Result<MountedInfo> {
         validate_machine_name(&opts.name)?;
         let exists = |name: &str| {
@@ -137,15 +154,29 @@ impl Repo {
         };
         let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted, Some(base))?;
         self.fresh_upper(&m, &base)?;
-        let head = match &source {
-            Some((src_m, c)) => {
-                let note = format!("created from {}@v{}", src_m.name, c.version);
-                Some(self.adopt_checkpoint(&m, c, note)?)
+        // v1, the base and (unless an import follows) the audit row land in one commit.
+        *audited = self.catalog.batch(|| {
+            let head = match &source {
+                Some((src_m, c)) => {
+                    let note = format!("created from {}@v{}", src_m.name, c.version);
+                    Some(self.adopt_checkpoint(&m, c, note)?)
+                }
+                None => None,
+            };
+            self.catalog
+                .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
+            if opts.from_tar.is_some() {
+                return Ok::<_, EngineError>(false);
             }
-            None => None,
-        };
-        self.catalog
-            .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
+            let info = self.mounted_info(&self.machine_row(&m.name)?)?;
+            self.audit(
+                audit.op,
+                Some(&opts.name),
+                audit.target,
+                &Ok((audit.detail)(&info)),
+            );
+            Ok(true)
+        })?;
         if let Some(tar) = &opts.from_tar {
             // Imported into the empty upper, checkpointed over the empty base, then made the
             // base itself: the machine starts with an empty upper like any other.
@@ -156,7 +187,7 @@ impl Repo {
                 note: format!("imported from {}", tar.display()),
                 auto: false,
             };
-            let v1 = self.checkpoint_locked(&m, &opts, progress)?;
+            let v1 = self.checkpoint_locked(&m, &opts, progress, None)?;
             let row = self
                 .catalog
                 .checkpoint_by_version(m.id, v1.checkpoint.version)?
@@ -203,7 +234,16 @@ impl Repo {
             auto: false,
         };
         let m = self.machine_row(&m.name)?;
-        self.commit(&m, &c.root, &opts, Some(c), c.logical_bytes, c.entries, 0)
+        self.commit(
+            &m,
+            &c.root,
+            &opts,
+            Some(c),
+            c.logical_bytes,
+            c.entries,
+            0,
+            None,
+        )
     }
 
     /// The base of an empty machine: a root directory owned by the caller, mode 0755.
@@ -247,10 +287,10 @@ impl Repo {
         }
         let tmp = l.state.join(format!("upper.new-{}", now_ns()));
         mkdir_all(&tmp)?;
-        let top = {
-            let src = BlobSource::new(&self.store, &self.catalog_path())?;
-            root_node(&src, base.root)?
-        };
+        let top = root_entry(
+            &super::blobs::read_tree_with(&self.store, &self.catalog, base.root)?,
+            base.root,
+        )?;
         Dir::open(&tmp)?.set_own_meta(&top.meta, &ApplyOptions { owners: is_root() })?;
         if l.upper.exists() {
             let old = l.state.join(format!("upper.old-{}", now_ns()));
@@ -488,13 +528,13 @@ impl Repo {
                 from: Some(r.clone()),
                 from_tar: None,
             };
-            let result = self.create_mounted_inner(&opts, &super::NoProgress);
-            let detail = result
-                .as_ref()
-                .map(|i| i.head.clone().unwrap_or_default())
-                .map_err(clone_err);
-            self.audit("fork", Some(name), Some(&r.to_string()), &detail);
-            out.push(result?);
+            let target = r.to_string();
+            let audit = CreateAudit {
+                op: "fork",
+                target: Some(&target),
+                detail: |i| i.head.clone().unwrap_or_default(),
+            };
+            out.push(self.create_mounted_audited(&opts, &super::NoProgress, &audit)?);
         }
         Ok(out)
     }
@@ -527,6 +567,14 @@ pub(crate) fn base_of_row(m: &MachineRow) -> Result<Base> {
         what: format!("mounted machine {}", m.name),
         reason: "it has no base tree".to_owned(),
     })
+}
+
+/// How a create (or fork) records itself in the audit log: its op and target, and the detail
+/// of a success, drawn from the new machine.
+struct CreateAudit<'s> {
+    op: &'static str,
+    target: Option<&'s str>,
+    detail: fn(&MountedInfo) -> String,
 }
 
 /// A mounted machine as shown to users.

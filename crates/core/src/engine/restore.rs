@@ -254,7 +254,7 @@ impl Repo {
                     ),
                     auto: true,
                 };
-                let row = self.commit(
+                self.commit(
                     m,
                     &live.root,
                     &opts,
@@ -262,14 +262,11 @@ impl Repo {
                     live.logical_bytes,
                     live.entries,
                     stats.stored_bytes,
-                )?;
-                self.audit(
-                    "create",
-                    Some(&m.name),
-                    Some(&format!("{}@v{}", m.name, row.version)),
-                    &Ok("automatic undo point".to_owned()),
-                );
-                row
+                    Some(super::checkpoint::CommitAudit {
+                        op: "create",
+                        detail: Some("automatic undo point".to_owned()),
+                    }),
+                )?
             }
         };
         Ok((undo, live, epoch))
@@ -497,6 +494,7 @@ impl Repo {
                 target.logical_bytes,
                 target.entries,
                 0,
+                None,
             )?;
             let mut cache = StatCache {
                 epoch: self.catalog.gc_epoch()?,
@@ -541,7 +539,11 @@ fn publish_dir(staging: &std::path::Path, dir: &std::path::Path) -> Result<()> {
 
 /// The node of the machine directory itself in a checkpoint root.
 pub(crate) fn root_node(src: &BlobSource<'_>, root: TreeId) -> Result<Node> {
-    let t = src.tree(root)?;
+    root_entry(&*src.tree(root)?, root)
+}
+
+/// The machine directory's own entry in the root tree `t` of checkpoint root `root`.
+pub(crate) fn root_entry(t: &crate::model::Tree, root: TreeId) -> Result<Node> {
     t.get(ROOT_ENTRY)
         .map(|e| e.node.clone())
         .ok_or_else(|| EngineError::Corrupt {

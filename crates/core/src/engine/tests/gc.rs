@@ -219,6 +219,7 @@ fn an_older_live_session_keeps_doomed_packs_until_it_ends() {
             v2.logical_bytes,
             v2.entries,
             0,
+            None,
         )
         .unwrap();
     drop(older);

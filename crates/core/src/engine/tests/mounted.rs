@@ -578,3 +578,62 @@ fn partial_restore_while_up_leaves_the_processes_running() {
     env.repo.machine_down("box").unwrap();
     assert!(!runner.join().unwrap().success(), "stopped by down");
 }
+
+#[test]
+fn every_operation_on_a_mounted_machine_is_audited_once() {
+    let env = Env::new();
+    let (_, info) = full_web_and_box(&env);
+    std::fs::write(upper_of(&env, "box").join("note"), b"x").unwrap();
+    checkpoint(&env.repo, "box");
+    std::fs::write(upper_of(&env, "box").join("later"), b"y").unwrap();
+    restore(&env.repo, "box@v1");
+    let opts = CheckpointOptions {
+        name: Some("dup".into()),
+        ..Default::default()
+    };
+    env.repo.checkpoint("box", &opts, &NoProgress).unwrap();
+    assert!(env.repo.checkpoint("box", &opts, &NoProgress).is_err());
+    env.repo.fork_mounted(&r("box@v2"), &["a".into()]).unwrap();
+    assert!(env.repo.fork_mounted(&r("box@v2"), &["a".into()]).is_err());
+
+    let log = env.repo.audit_log(None, None).unwrap();
+    let rows = |op: &str, machine: &str| -> Vec<(Option<String>, String, String)> {
+        log.iter()
+            .filter(|a| a.op == op && a.machine.as_deref() == Some(machine))
+            .map(|a| (a.target.clone(), a.outcome.clone(), a.detail.clone()))
+            .collect()
+    };
+    let row = |t: Option<&str>, outcome: &str, detail: &str| {
+        (t.map(str::to_owned), outcome.to_owned(), detail.to_owned())
+    };
+    let at = info.at.display().to_string();
+    assert_eq!(
+        rows("machine-create", "box"),
+        [row(None, "ok", &at)],
+        "{log:#?}"
+    );
+    let created = rows("create", "box");
+    assert_eq!(
+        created[..3],
+        [
+            row(Some("box@v2"), "ok", "box@v2"),
+            row(Some("box@v3"), "ok", "automatic undo point"),
+            row(Some("box@v4"), "ok", "box@v4"),
+        ],
+        "{log:#?}"
+    );
+    assert_eq!(created.len(), 4, "{created:#?}");
+    assert_eq!(
+        (created[3].0.as_deref(), created[3].1.as_str()),
+        (None, "error")
+    );
+    assert!(created[3].2.contains("dup"), "{created:#?}");
+    let forks = rows("fork", "a");
+    assert_eq!(forks.len(), 2, "{forks:#?}");
+    assert_eq!(forks[0], row(Some("box@v2"), "ok", "a@v1"));
+    assert_eq!(
+        (forks[1].0.as_deref(), forks[1].1.as_str()),
+        (Some("box@v2"), "error")
+    );
+    assert!(forks[1].2.contains("already exists"), "{forks:#?}");
+}
