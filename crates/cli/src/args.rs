@@ -342,8 +342,11 @@ pub enum Cmd {
     /// Verify the store: every checkpoint's trees and data are present and intact
     #[command(
         long_about = "Verify that every checkpoint's trees and data are present and consistent. \
-            With --read-data, every pack is read and every chunk re-hashed as well. Exits 1 when \
-            a problem is found, naming the affected checkpoints and paths.\n\n\
+            With --read-data, every pack is read and every chunk re-hashed as well, and so is \
+            every copy in the data layer (the local copies root's machines read their base's \
+            files from); a copy that differs from its file is removed, and its machines read \
+            the file through their view until it is copied again. Exits 1 when a problem is \
+            found, naming the affected checkpoints and paths.\n\n\
             A damaged catalog is reported with the checkpoints it hides; --repair rebuilds it from \
             the store (every pack carries its index, every checkpoint a manifest) and keeps the \
             damaged file beside it, then checks the result.",

@@ -197,9 +197,17 @@ fn write_check(out: &mut dyn Write, r: &CheckReport) -> io::Result<()> {
             writeln!(out, "  paths: {}", f.paths.join(", "))?;
         }
     }
+    let copies = if r.copies > 0 {
+        format!(
+            ", {}",
+            output::count(r.copies, "data layer copy", "data layer copies")
+        )
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "checked {}, {}, {}, {} (read {}): {}",
+        "checked {}, {}, {}, {}{copies} (read {}): {}",
         output::count(r.checkpoints, "checkpoint", "checkpoints"),
         output::count(r.trees, "tree", "trees"),
         output::count(r.chunks, "chunk", "chunks"),

@@ -1,5 +1,6 @@
 //! Consistency checks: the catalog, every pack's presence and size, every tree of every
-//! checkpoint, every chunk's index entry, and with `read_data` every blob's hash.
+//! checkpoint, every chunk's index entry, and with `read_data` every blob's hash and every
+//! data layer copy's bytes.
 //!
 //! A finding names the damaged object and, where it can, the checkpoints and paths that can no
 //! longer be restored exactly. Leftovers that gc sweeps (unindexed packs, interrupted uploads)
@@ -10,6 +11,7 @@ use super::diff::display_path;
 use super::{Progress, Repo, Result, join_path};
 use crate::catalog::CheckpointRow;
 use crate::model::{BlobId, Content, Extent, TreeId};
+use crate::mount::{data_eligible as eligible, data_key as key};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Inputs of `check`.
@@ -38,6 +40,8 @@ pub struct CheckReport {
     pub trees: u64,
     pub chunks: u64,
     pub packs: u64,
+    /// Data layer copies re-read (`read_data`).
+    pub copies: u64,
     pub bytes_read: u64,
     pub findings: Vec<Finding>,
 }
@@ -132,12 +136,24 @@ impl Repo {
         report.checkpoints = checkpoints.len() as u64;
         let mut seen_trees: HashSet<TreeId> = HashSet::new();
         let mut seen_chunks: HashSet<BlobId> = HashSet::new();
+        // The files a data layer copy may hold, by copy (`read_data` only).
+        let mut files = opts.read_data.then(HashMap::new);
         for c in &checkpoints {
-            self.check_tree(&src, c.root, &mut seen_trees, &mut seen_chunks, &mut bad)?;
+            let mut walk = Walk {
+                trees: &mut seen_trees,
+                chunks: &mut seen_chunks,
+                bad: &mut bad,
+                files: files.as_mut(),
+            };
+            self.check_tree(&src, c.root, &mut walk)?;
             progress.advance(1);
         }
         report.trees = seen_trees.len() as u64;
         report.chunks = seen_chunks.len() as u64;
+        if let Some(files) = files {
+            progress.phase("checking data layer copies", None);
+            self.check_copies(files.values(), &mut report, progress);
+        }
 
         if !bad.is_empty() {
             self.trace_damage(&src, &checkpoints, &bad, &mut report)?;
@@ -147,41 +163,74 @@ impl Repo {
     }
 
     /// Reads every tree reachable from `id` once and checks that every chunk is indexed.
-    fn check_tree(
-        &self,
-        src: &BlobSource<'_>,
-        id: TreeId,
-        trees: &mut HashSet<TreeId>,
-        chunks: &mut HashSet<BlobId>,
-        bad: &mut HashMap<BlobId, String>,
-    ) -> Result<()> {
-        if !trees.insert(id) || bad.contains_key(&BlobId::from(id)) {
+    fn check_tree(&self, src: &BlobSource<'_>, id: TreeId, walk: &mut Walk<'_>) -> Result<()> {
+        if !walk.trees.insert(id) || walk.bad.contains_key(&BlobId::from(id)) {
             return Ok(());
         }
         let tree = match src.tree(id) {
             Ok(t) => t,
             Err(e) => {
-                bad.insert(BlobId::from(id), format!("tree unreadable: {e}"));
+                walk.bad
+                    .insert(BlobId::from(id), format!("tree unreadable: {e}"));
                 return Ok(());
             }
         };
         for e in &tree.entries {
             match &e.node.content {
-                Content::Dir { tree } => self.check_tree(src, *tree, trees, chunks, bad)?,
+                Content::Dir { tree } => self.check_tree(src, *tree, walk)?,
                 Content::File { extents, .. } => {
                     for x in extents {
                         if let Extent::Data { id, .. } = x {
                             let b = BlobId::from(*id);
-                            if chunks.insert(b) && self.catalog.lookup_blob(&b)?.is_none() {
-                                bad.insert(b, "no pack holds this chunk".to_owned());
+                            if walk.chunks.insert(b) && self.catalog.lookup_blob(&b)?.is_none() {
+                                walk.bad.insert(b, "no pack holds this chunk".to_owned());
                             }
                         }
+                    }
+                    if let (Some(files), Some(x)) = (walk.files.as_mut(), eligible(&e.node)) {
+                        files.entry(key(x)).or_insert_with(|| x.to_vec());
                     }
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Re-reads every data layer copy of a checkpoint's file. A copy that differs from its
+    /// file would show machines wrong bytes: it is removed (the layer is a cache; the view
+    /// serves the file until it is copied again) and reported.
+    fn check_copies<'e>(
+        &self,
+        files: impl Iterator<Item = &'e Vec<Extent>>,
+        report: &mut CheckReport,
+        progress: &dyn Progress,
+    ) {
+        let layer = self.data_layer();
+        for extents in files {
+            let why = match layer.verify(extents) {
+                None => continue,
+                Some(Ok(n)) => {
+                    report.copies += 1;
+                    report.bytes_read += n;
+                    progress.advance(n);
+                    continue;
+                }
+                Some(Err(why)) => why,
+            };
+            report.copies += 1;
+            let fate = match layer.discard(extents) {
+                Ok(()) => "removed it; machines read the file through their view until it is                            copied again"
+                    .to_owned(),
+                Err(e) => format!("could not remove it ({e}); remove it by hand"),
+            };
+            report.findings.push(Finding {
+                object: format!("data layer copy {}", key(extents)),
+                problem: format!("{why}; {fate}. No checkpoint is affected"),
+                checkpoints: Vec::new(),
+                paths: Vec::new(),
+            });
+        }
     }
 
     /// Walks every checkpoint again, naming the checkpoints and paths each damaged blob affects.
@@ -254,6 +303,16 @@ fn trace(
             _ => {}
         }
     }
+}
+
+/// What a walk of the checkpoints' trees has seen.
+struct Walk<'a> {
+    trees: &'a mut HashSet<TreeId>,
+    chunks: &'a mut HashSet<BlobId>,
+    /// Damaged blobs → why.
+    bad: &'a mut HashMap<BlobId, String>,
+    /// Copy key → the extents of a file it holds, when the data layer is checked too.
+    files: Option<&'a mut HashMap<String, Vec<Extent>>>,
 }
 
 /// Paths inside a checkpoint root start with the root entry's name; users see them from `/`.

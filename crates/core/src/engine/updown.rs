@@ -486,10 +486,17 @@ impl Repo {
     /// user's (see `rootless.rs`).
     fn lower_options(&self) -> MountOptions {
         let ids = super::rootless::namespace_ids();
+        // The overlay above reads its own attributes under this prefix (see `upper.rs`).
+        let overlay_prefix = if ids.is_none() {
+            super::upper::TRUSTED_PREFIX
+        } else {
+            super::upper::USER_PREFIX
+        };
         MountOptions {
             allow_other: ids.is_none(),
             devices_and_setuid: ids.is_none(),
             data: ids.is_none().then(|| self.data_layer()),
+            overlay_prefix: Some(overlay_prefix),
             ids,
             ..MountOptions::default()
         }

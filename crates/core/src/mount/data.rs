@@ -118,6 +118,52 @@ impl DataLayer {
         })
     }
 
+    /// Re-reads the copy of a file with `extents` (see `eligible`), if there is one: `None`
+    /// when there is none, the bytes read when it holds exactly the extents' bytes, and why
+    /// not otherwise (`cairn check --read-data`).
+    pub(crate) fn verify(&self, extents: &[Extent]) -> Option<Result<u64, String>> {
+        use std::io::Read;
+        let path = self.path_of(&key(extents));
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(Err(format!("cannot open it: {e}"))),
+        };
+        let mut buf = Vec::new();
+        let mut at = 0u64;
+        for x in extents {
+            let Extent::Data { id, len } = x else {
+                return Some(Err("its file has holes, which are never copied".to_owned()));
+            };
+            buf.resize(*len as usize, 0);
+            if let Err(e) = f.read_exact(&mut buf) {
+                return Some(Err(format!("reading bytes {at}..{}: {e}", at + len)));
+            }
+            if crate::model::ChunkId::of(&buf) != *id {
+                return Some(Err(format!(
+                    "bytes {at}..{} differ from the file's",
+                    at + len
+                )));
+            }
+            at += len;
+        }
+        let mut rest = [0u8; 1];
+        match f.read(&mut rest) {
+            Ok(0) => Some(Ok(at)),
+            Ok(_) => Some(Err(format!("it is longer than the file's {at} bytes"))),
+            Err(e) => Some(Err(format!("reading past byte {at}: {e}"))),
+        }
+    }
+
+    /// Removes the copy of a file with `extents`; its machines' views serve the file until it
+    /// is copied again.
+    pub(crate) fn discard(&self, extents: &[Extent]) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path_of(&key(extents))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// True once the copy named `key` is complete.
     pub(crate) fn holds(&self, key: &str) -> bool {
         self.path_of(key).is_file()

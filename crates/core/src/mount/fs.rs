@@ -6,6 +6,7 @@
 
 use super::blobs::Blobs;
 use super::data::DataLayer;
+use super::escape::{self, Asked, Escape};
 use super::inodes::session_generation;
 use super::inodes::{Inode, Inodes};
 use super::xattrscan::XattrScan;
@@ -49,6 +50,8 @@ pub(super) struct ViewFs {
     /// Where overlayfs finds whole copies of the larger files (`data.rs`), for the lower
     /// layer of a machine run by root.
     data: Option<DataLayer>,
+    /// How the tree's overlay attributes are served to the overlay above (`escape.rs`).
+    escape: Option<Escape>,
 }
 
 impl ViewFs {
@@ -70,6 +73,7 @@ impl ViewFs {
             ids: None,
             generation: session_generation(),
             data: None,
+            escape: None,
         }
     }
 
@@ -82,6 +86,12 @@ impl ViewFs {
     /// Names the data layer's copies to overlayfs (see `data.rs`).
     pub(super) fn with_data(mut self, data: Option<DataLayer>) -> ViewFs {
         self.data = data;
+        self
+    }
+
+    /// Serves the tree's overlay attributes escaped (see `escape.rs`).
+    pub(super) fn with_escape(mut self, escape: Option<Escape>) -> ViewFs {
+        self.escape = escape;
         self
     }
 
@@ -574,8 +584,11 @@ impl Filesystem for ViewFs {
         {
             return xattr_reply(&v, size, reply);
         }
+        let Asked::Tree(name) = escape::asked(self.escape, name.as_bytes()) else {
+            return reply.error(Errno::ENODATA);
+        };
         let xattrs = &inode.node.meta.xattrs;
-        match xattrs.binary_search_by(|x| x.name.as_slice().cmp(name.as_bytes())) {
+        match xattrs.binary_search_by(|x| x.name.as_slice().cmp(&name)) {
             Ok(i) => xattr_reply(&xattrs[i].value, size, reply),
             Err(_) => reply.error(Errno::ENODATA),
         }
@@ -588,7 +601,7 @@ impl Filesystem for ViewFs {
         };
         let mut names = Vec::new();
         for x in &inode.node.meta.xattrs {
-            names.extend_from_slice(&x.name);
+            names.extend_from_slice(&escape::served(self.escape, &x.name));
             names.push(0);
         }
         xattr_reply(&names, size, reply);

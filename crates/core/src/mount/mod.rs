@@ -13,6 +13,7 @@
 
 mod blobs;
 mod data;
+mod escape;
 mod fs;
 mod inodes;
 mod mounts;
@@ -130,6 +131,9 @@ pub struct MountOptions {
     /// Fill this data layer with the tree's larger files and name their copies to overlayfs
     /// (`data.rs`): for the lower layer of a machine whose overlay is mounted over it.
     pub data: Option<DataLayer>,
+    /// The view is the lower layer of an overlay that reads its own attributes under this
+    /// prefix: the tree's attributes of that prefix are served escaped (`escape.rs`).
+    pub overlay_prefix: Option<&'static [u8]>,
 }
 
 impl Default for MountOptions {
@@ -141,6 +145,7 @@ impl Default for MountOptions {
             chunk_cache_bytes: 64 << 20,
             ids: None,
             data: None,
+            overlay_prefix: None,
         }
     }
 }
@@ -319,7 +324,8 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
         Arc::clone(&requests),
     )
     .with_ids(opts.ids.clone())
-    .with_data(opts.data.clone());
+    .with_data(opts.data.clone())
+    .with_escape(opts.overlay_prefix.map(escape::Escape::new));
     use fuser::MountOption as O;
     let mut config = fuser::Config::default();
     config.mount_options = vec![

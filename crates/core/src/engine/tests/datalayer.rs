@@ -177,3 +177,112 @@ fn files_are_read_from_their_copies_with_the_views_attributes() {
     assert_eq!(report.copies_deleted, made.len() as u64, "{report:?}");
     assert!(copies(&env).is_empty());
 }
+
+#[test]
+fn a_trees_own_overlay_attributes_are_plain_data_through_the_machine() {
+    let env = Env::new();
+    let web = env.path("web");
+    // Attributes overlayfs would act on if the view served them as they are: an opaque
+    // directory over the rest of the tree, a redirect and a metacopy claim on a file (whose
+    // bytes would then be looked for elsewhere), and one it does not know.
+    let t = TestDir::new(&web);
+    t.dir(b"etc", 0o755)
+        .file(b"etc/target", b"the redirect's target", 0o644)
+        .dir(b"layer", 0o755)
+        .dir(b"layer/a", 0o755)
+        .file(b"layer/a/f", b"f's own bytes", 0o644)
+        .file(b"layer/a/g", b"g", 0o644)
+        .xattr(b"layer/a", "trusted.overlay.opaque", b"y")
+        .xattr(b"layer/a/f", "trusted.overlay.redirect", b"/etc/target")
+        .xattr(b"layer/a/f", "trusted.overlay.metacopy", b"")
+        .xattr(b"layer/a/g", "trusted.overlay.foo", b"bar")
+        .stamp(1_600_000_000);
+    let want = snapshot(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create(&env, "box", "web@v1");
+    env.repo.machine_up("box").unwrap();
+    wait_for_copies(&env, 3);
+    assert_same(&snapshot(&info.at), &want, "the machine shows the tree");
+    assert_eq!(
+        std::fs::read(info.at.join("layer/a/f")).unwrap(),
+        b"f's own bytes"
+    );
+
+    // Copied up (metadata only, and with new bytes), they land in the checkpoint as they were.
+    let f = info.at.join("layer/a/f");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(info.at.join("layer/a/g"), b"new g").unwrap();
+    t.chmod(b"layer/a/f", 0o600)
+        .file(b"layer/a/g", b"new g", 0o644);
+    let changed = snapshot(&web);
+    checkpoint(&env.repo, "box");
+    env.repo.machine_down("box").unwrap();
+    let again = create(&env, "again", "box@v2");
+    env.repo.machine_up("again").unwrap();
+    let got = snapshot(&again.at);
+    for p in [&b"layer/a"[..], b"layer/a/f", b"layer/a/g"] {
+        let (g, w) = (&got[p], &changed[p]);
+        assert_eq!(
+            (&g.xattrs, g.mode, &g.hash),
+            (&w.xattrs, w.mode, &w.hash),
+            "{p:?}"
+        );
+    }
+    assert_eq!(got.len(), changed.len(), "nothing hidden or added");
+    env.repo.machine_down("again").unwrap();
+}
+
+#[test]
+fn check_read_data_rereads_the_copies_and_removes_a_damaged_one() {
+    let env = Env::new();
+    let web = env.path("web");
+    let t = TestDir::new(&web);
+    t.file(b"a", &noise(300_000, 1), 0o644)
+        .file(b"b", &noise(5_000, 2), 0o644)
+        .file(b"c", b"", 0o644);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create(&env, "box", "web@v1");
+    env.repo.machine_up("box").unwrap();
+    let made = wait_for_copies(&env, 2);
+    env.repo.machine_down("box").unwrap();
+    let opts = crate::engine::check::CheckOptions { read_data: true };
+    let clean = env.repo.check(&opts, &NoProgress).unwrap();
+    assert!(clean.ok(), "{clean:?}");
+    assert_eq!(clean.copies, 2, "{clean:?}");
+
+    // One byte of a's copy flips on the disk.
+    let victim = made
+        .iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() == 300_000)
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[123_456] ^= 1;
+    std::fs::write(victim, &bytes).unwrap();
+    let quick = env.repo.check(&Default::default(), &NoProgress).unwrap();
+    assert!(
+        quick.ok() && quick.copies == 0,
+        "only --read-data reads copies"
+    );
+    let found = env.repo.check(&opts, &NoProgress).unwrap();
+    assert_eq!(found.findings.len(), 1, "{found:?}");
+    let f = &found.findings[0];
+    assert!(f.object.starts_with("data layer copy "), "{f:?}");
+    assert!(
+        f.problem.contains("differ") && f.problem.contains("removed"),
+        "{f:?}"
+    );
+    assert!(!victim.exists(), "the damaged copy is gone");
+
+    // The machine reads the file's own bytes again, through its view until it is refilled.
+    env.repo.machine_up("box").unwrap();
+    assert_eq!(
+        std::fs::read(info.at.join("a")).unwrap(),
+        std::fs::read(web.join("a")).unwrap()
+    );
+    wait_for_copies(&env, 2);
+    env.repo.machine_down("box").unwrap();
+    let again = env.repo.check(&opts, &NoProgress).unwrap();
+    assert!(again.ok() && again.copies == 2, "{again:?}");
+}
