@@ -290,6 +290,9 @@ impl Repo {
                 Some(h) => {
                     self.stop_holder(m, &h)?;
                 }
+                // Without root the overlay lives in its holder's namespace: a holder that died
+                // since `is_up` took the overlay with it, and nothing is left to unmount.
+                None if crate::sandbox::rootless() => {}
                 None => match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::BUSY) => {
