@@ -280,7 +280,9 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
     )?);
     let requests = Arc::new(Requests::default());
     let xattrs = Arc::new(xattrscan::XattrScan::default());
-    {
+    // With a data layer the kernel must keep asking for xattrs whatever the scan finds (see
+    // `fs.rs`), so the walk would be work for nothing beside the fill's.
+    if fill.is_none() {
         let (scan, blobs, top) = (
             Arc::clone(&xattrs),
             Arc::downgrade(&blobs),
