@@ -282,6 +282,14 @@ impl Repo {
     /// which the overlay shows as the machine directory's own.
     fn fresh_upper(&self, m: &MachineRow, base: &Base) -> Result<()> {
         let l = self.layout(m);
+        // A view left at `lower/` by a server that died fails every access, `lower/` itself
+        // then looks like no directory: detach it. A live one (an orphaned server's, of an
+        // older base) is `up`'s to replace.
+        if matches!(crate::mount::mount_at(&l.lower), Ok(Some(_)))
+            && std::fs::metadata(&l.lower).is_err()
+        {
+            super::updown::detach(&l.lower)?;
+        }
         for d in [&l.state, &l.lower, &l.work] {
             mkdir_all(d)?;
         }

@@ -510,7 +510,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn detach(path: &Path) -> Result<()> {
+pub(crate) fn detach(path: &Path) -> Result<()> {
     if crate::sandbox::rootless() {
         // Only a view can be in the host's mount table then, and only `fusermount3` may
         // unmount it.
