@@ -379,9 +379,24 @@ impl Catalog {
         conn.busy_timeout(BUSY_TIMEOUT)
             .ctx("set the busy timeout")?;
         // journal_mode reads the header, so this is where a garbage file is first noticed.
-        let _mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .ctx("switch to WAL mode")?;
+        // Switching a new file to WAL takes an exclusive lock, and SQLite reports BUSY at once,
+        // without its busy handler, when another connection's first open holds it: retry that
+        // for as long as the busy timeout would have waited.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode = conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+                .ctx("switch to WAL mode");
+            match mode {
+                Err(CatalogError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         // FULL: a checkpoint reported as created must survive power loss, and WAL with NORMAL
         // may lose the last commits.
         conn.pragma_update(None, "synchronous", "FULL")
