@@ -155,7 +155,7 @@ impl Repo {
         let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted, Some(base))?;
         self.fresh_upper(&m, &base)?;
         // v1, the base and (unless an import follows) the audit row land in one commit.
-        *audited = self.catalog.batch(|| {
+        let created = self.catalog.batch(|| {
             let head = match &source {
                 Some((src_m, c)) => {
                     let note = format!("created from {}@v{}", src_m.name, c.version);
@@ -166,7 +166,7 @@ impl Repo {
             self.catalog
                 .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
             if opts.from_tar.is_some() {
-                return Ok::<_, EngineError>(false);
+                return Ok::<_, EngineError>(None);
             }
             let info = self.mounted_info(&self.machine_row(&m.name)?)?;
             self.audit(
@@ -175,8 +175,12 @@ impl Repo {
                 audit.target,
                 &Ok((audit.detail)(&info)),
             );
-            Ok(true)
+            Ok(Some(info))
         })?;
+        if let Some(info) = created {
+            *audited = true;
+            return Ok(info);
+        }
         if let Some(tar) = &opts.from_tar {
             // Imported into the empty upper, checkpointed over the empty base, then made the
             // base itself: the machine starts with an empty upper like any other.
