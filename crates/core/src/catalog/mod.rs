@@ -522,10 +522,8 @@ impl Catalog {
         &mut self,
         f: impl FnOnce(&Catalog) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
-        let tx = WriteTx::begin(&self.conn, "begin a batch")?;
-        let out = f(self)?;
-        tx.commit("commit a batch")?;
-        Ok(out)
+        let cat = &*self;
+        cat.batch(|| f(cat))
     }
 
     /// Runs `f` as one transaction on this connection: every write the catalog's methods make

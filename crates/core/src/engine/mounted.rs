@@ -99,22 +99,24 @@ impl Repo {
         progress: &dyn Progress,
         audit: &CreateAudit<'_>,
     ) -> Result<MountedInfo> {
-        let mut audited = false;
-        let result = self.create_mounted_inner(opts, progress, audit, &mut audited);
-        if !audited {
-            let detail = result.as_ref().map(audit.detail).map_err(clone_err);
-            self.audit(audit.op, Some(&opts.name), audit.target, &detail);
+        match self.create_mounted_inner(opts, progress, audit) {
+            Ok((info, true)) => Ok(info),
+            result => {
+                let result = result.map(|(info, _)| info);
+                let detail = result.as_ref().map(audit.detail).map_err(clone_err);
+                self.audit(audit.op, Some(&opts.name), audit.target, &detail);
+                result
+            }
         }
-        result
     }
 
+    /// Creates the machine; true with it when its success is already in the audit log.
     fn create_mounted_inner(
         &self,
         opts: &CreateMountedOptions,
         progress: &dyn Progress,
         audit: &CreateAudit<'_>,
-        audited: &mut bool,
-    ) -> Result<MountedInfo> {
+    ) -> Result<(MountedInfo, bool)> {
         validate_machine_name(&opts.name)?;
         let exists = |name: &str| {
             EngineError::Invalid(format!(
@@ -178,8 +180,7 @@ impl Repo {
             Ok(Some(info))
         })?;
         if let Some(info) = created {
-            *audited = true;
-            return Ok(info);
+            return Ok((info, true));
         }
         if let Some(tar) = &opts.from_tar {
             // Imported into the empty upper, checkpointed over the empty base, then made the
@@ -198,7 +199,7 @@ impl Repo {
                 .ok_or_else(|| EngineError::Invalid("the imported checkpoint vanished".into()))?;
             self.finish_rebase(&m, &row)?;
         }
-        self.mounted_info(&self.machine_row(&m.name)?)
+        Ok((self.mounted_info(&self.machine_row(&m.name)?)?, false))
     }
 
     /// Where a mounted machine appears: `at`, or its default under the home.
