@@ -55,25 +55,33 @@ impl Repo {
     /// Space accounting for every machine and checkpoint.
     pub fn usage(&self) -> Result<DuReport> {
         let src = BlobSource::new(&self.store, &self.catalog_path())?;
-        let mut sizes: HashMap<BlobId, (u32, u64)> = HashMap::new();
-        let mut index: Vec<BlobId> = Vec::new();
+        // Every blob by a dense index, and its stored size by that index.
+        let mut index: HashMap<BlobId, u32> = HashMap::new();
+        let mut stored: Vec<u64> = Vec::new();
         self.catalog.for_each_blob(&mut |loc| {
-            sizes.insert(loc.id, (index.len() as u32, u64::from(loc.stored_len)));
-            index.push(loc.id);
+            index.insert(loc.id, stored.len() as u32);
+            stored.push(u64::from(loc.stored_len));
         })?;
         let store_bytes: u64 = self.catalog.packs()?.iter().map(|p| p.size).sum();
         let checkpoints = self.catalog.all_checkpoints()?;
         // Per checkpoint, the distinct blobs it reaches (as indices into `index`).
         let mut reach: Vec<Vec<u32>> = Vec::with_capacity(checkpoints.len());
-        let mut refs: Vec<u32> = vec![0; index.len()];
+        let mut refs: Vec<u32> = vec![0; stored.len()];
         // The one machine referencing a blob, or u64::MAX when several do.
-        let mut owner: Vec<i64> = vec![-1; index.len()];
-        for c in &checkpoints {
+        let mut owner: Vec<i64> = vec![-1; stored.len()];
+        // `stamp[i]` is the number (from 1) of the last checkpoint that reached blob i, so
+        // each checkpoint collects its distinct blobs without a set of its own.
+        let mut stamp: Vec<u32> = vec![0; stored.len()];
+        for (n, c) in checkpoints.iter().enumerate() {
+            let n = n as u32 + 1;
             let mut seen = HashSet::new();
-            let mut mine: HashSet<u32> = HashSet::new();
+            let mut mine: Vec<u32> = Vec::new();
             walk_reachable(&src, c.root, &mut seen, &mut |id| {
-                if let Some((i, _)) = sizes.get(&id) {
-                    mine.insert(*i);
+                if let Some(&i) = index.get(&id)
+                    && stamp[i as usize] != n
+                {
+                    stamp[i as usize] = n;
+                    mine.push(i);
                 }
             })?;
             for &i in &mine {
@@ -85,10 +93,11 @@ impl Repo {
                     -2
                 };
             }
-            reach.push(mine.into_iter().collect());
+            reach.push(mine);
         }
-        let size_of = |i: u32| sizes[&index[i as usize]].1;
+        let size_of = |i: u32| stored[i as usize];
         let mut machines: Vec<MachineUsage> = Vec::new();
+        let mut mark = checkpoints.len() as u32;
         for m in self.catalog.machines()? {
             let mut mu = MachineUsage {
                 name: m.name.clone(),
@@ -97,7 +106,10 @@ impl Repo {
                 exclusive_bytes: 0,
                 checkpoints: Vec::new(),
             };
-            let mut union: HashSet<u32> = HashSet::new();
+            // The machine's distinct blobs, by the same stamping with a number past every
+            // checkpoint's.
+            mark += 1;
+            let mut union: Vec<u32> = Vec::new();
             for (c, r) in checkpoints
                 .iter()
                 .zip(&reach)
@@ -115,7 +127,12 @@ impl Repo {
                         .sum(),
                 });
                 mu.logical_bytes = mu.logical_bytes.max(c.logical_bytes);
-                union.extend(r.iter().copied());
+                for &i in r {
+                    if stamp[i as usize] != mark {
+                        stamp[i as usize] = mark;
+                        union.push(i);
+                    }
+                }
             }
             mu.stored_bytes = union.iter().map(|&i| size_of(i)).sum();
             mu.exclusive_bytes = union
@@ -125,7 +142,7 @@ impl Repo {
                 .sum();
             machines.push(mu);
         }
-        let referenced_bytes: u64 = (0..index.len() as u32)
+        let referenced_bytes: u64 = (0..stored.len() as u32)
             .filter(|&i| refs[i as usize] > 0)
             .map(size_of)
             .sum();
