@@ -436,3 +436,51 @@ fn a_user_without_subordinate_ids_runs_a_machine_of_root_alone() {
     assert!(e.contains("a restore of one path of box needs root"), "{e}");
     as_nobody(&env, ["machine", "down", "box"]).ok();
 }
+
+/// A checkpoint without root reads the upper in a helper inside the machine's namespace. If
+/// the checkpoint is killed, the helper dies with it at once instead of ingesting on alone
+/// (writing packs nothing will reference, beside whatever command comes next).
+#[test]
+fn a_killed_checkpoint_takes_its_namespace_helper_with_it() {
+    let (env, _at) = nobody_box();
+    as_nobody(&env, ["machine", "up", "box"]).ok();
+    // Enough incompressible bytes in the upper that reading them takes the helper a while.
+    let src = env.path("bigsrc");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = crate::util::tree::Rng::new(7);
+    let mut big = vec![0u8; 256 << 20];
+    for b in big.chunks_mut(8) {
+        b.copy_from_slice(&rng.next().to_le_bytes()[..b.len()]);
+    }
+    std::fs::write(src.join("big"), &big).unwrap();
+    drop(big);
+    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bind = format!("{}:/src:ro", src.display());
+    let mut copy = as_nobody(&env, ["run", "box", "--bind", &bind, "--"]);
+    copy.arg("sh").arg("-c").arg("cat /src/big > /big");
+    copy.ok();
+
+    let mut checkpoint = as_nobody(&env, ["checkpoint", "create", "box"]).spawn();
+    crate::mounted::wait_until("the checkpoint starts its helper", || {
+        !crate::util::namespace_helpers(&env.home()).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    checkpoint.kill().unwrap();
+    checkpoint.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let mut left = crate::util::namespace_helpers(&env.home());
+    while !left.is_empty() && killed.elapsed() < std::time::Duration::from_millis(300) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        left = crate::util::namespace_helpers(&env.home());
+    }
+    assert!(
+        left.is_empty(),
+        "helpers {left:?} outlived the killed checkpoint"
+    );
+
+    // Nothing was committed, and the next checkpoint takes the file.
+    let c = as_nobody(&env, ["checkpoint", "create", "box"]).json();
+    assert_eq!(c["checkpoint"]["id"], "box@v2", "{c}");
+    as_nobody(&env, ["machine", "down", "box"]).ok();
+    as_nobody(&env, ["check"]).ok();
+}

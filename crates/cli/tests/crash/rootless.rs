@@ -242,6 +242,20 @@ impl RootlessWorld {
         );
         self.stats.holder_kills += hits.0;
         self.stats.server_kills += hits.1;
+        if killed {
+            // A helper it ran in the machine's namespace dies with it instead of finishing
+            // alone beside the next command.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            let mut left = crate::util::namespace_helpers(&home);
+            while !left.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+                left = crate::util::namespace_helpers(&home);
+            }
+            assert!(
+                left.is_empty(),
+                "trial {t}: {args:?} was killed, its helpers {left:?} still run"
+            );
+        }
         eprintln!(
             "trial {t}: rootless {op} {args:?} {} after {elapsed:.2?} (victim {victim:?}, \
              command at {cmd_at:.2?}, other at {other_at:.2?})",

@@ -228,6 +228,14 @@ pub fn view_servers(home: &Path, name: Option<&str>) -> Vec<i32> {
     processes(home, b"serve-lower", name)
 }
 
+/// Pids of the helpers a command runs in a machine's user namespace without root
+/// (`cairn machine ingest-upper` and `sweep-state`) of the cairn home `home`.
+pub fn namespace_helpers(home: &Path) -> Vec<i32> {
+    let mut pids = processes(home, b"ingest-upper", None);
+    pids.extend(processes(home, b"sweep-state", None));
+    pids
+}
+
 /// Pids of the live `cairn … machine VERB [name]` processes of the cairn home `home`.
 fn processes(home: &Path, verb: &[u8], name: Option<&str>) -> Vec<i32> {
     let home = home.display().to_string();

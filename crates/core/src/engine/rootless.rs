@@ -30,7 +30,7 @@ use crate::sandbox::{Holder, IdMap};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,12 @@ impl Repo {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<Child> {
+        let mut cmd = self.cairn_command(args, stdout, stderr)?;
+        start(cmd.stdin(stdin))
+    }
+
+    /// The command `spawn_cairn` starts, for a caller that has more to set.
+    fn cairn_command(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Command> {
         let LowerServer::Process(argv) = &self.lower_server else {
             return Err(EngineError::Invalid(
                 "a mounted machine's lower layer and, without root, its overlay are served by \
@@ -129,25 +135,48 @@ impl Repo {
         let (prog, base) = argv
             .split_first()
             .ok_or_else(|| EngineError::Invalid("no cairn command to start".to_owned()))?;
-        let mut cmd = std::process::Command::new(prog);
+        let mut cmd = Command::new(prog);
         cmd.args(base)
             .arg("machine")
             .args(args)
-            .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        cmd.spawn().map_err(|source| EngineError::Io {
-            op: "start",
-            path: PathBuf::from(prog),
-            source,
-        })
+        Ok(cmd)
+    }
+
+    /// Runs `cairn machine ARGS…` in a user namespace of the machine's ids (see
+    /// `spawn_in_namespace`) as a helper of this command, which waits for it: if this command
+    /// dies first (a SIGKILL mid-checkpoint), the kernel kills the helper too, so no half-done
+    /// ingest or sweep goes on alone beside the next command.
+    fn helper_in_namespace(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Child> {
+        let mut cmd = self.cairn_command(args, stdout, stderr)?;
+        let caller = std::process::id();
+        // SAFETY: runs in the child between fork and exec, and calls only prctl, getppid and
+        // _exit, which are async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The caller may have died before the signal was armed.
+                if libc::getppid() as u32 != caller {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        self.start_in_namespace(cmd)
     }
 
     /// `spawn_cairn` for a command that makes a user namespace of the machine's ids its first
     /// act (`enter_namespace`): once it has, a full map is written for it here (only a helper
     /// outside may), and it is told so on its stdin.
     fn spawn_in_namespace(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Child> {
+        self.start_in_namespace(self.cairn_command(args, stdout, stderr)?)
+    }
+
+    fn start_in_namespace(&self, mut cmd: Command) -> Result<Child> {
         let map = namespace_ids().ok_or_else(|| {
             EngineError::Invalid("only a command run without root makes its namespace".to_owned())
         })?;
@@ -156,7 +185,7 @@ impl Repo {
         } else {
             Stdio::null()
         };
-        let mut child = self.spawn_cairn(args, stdin, stdout, stderr)?;
+        let mut child = start(cmd.stdin(stdin))?;
         let Some(mut pipe) = child.stdin.take() else {
             return Ok(child);
         };
@@ -254,7 +283,7 @@ impl Repo {
         if writer.is_dry() {
             args.push("--dry");
         }
-        let child = self.spawn_in_namespace(&args, Stdio::piped(), Stdio::piped())?;
+        let child = self.helper_in_namespace(&args, Stdio::piped(), Stdio::piped())?;
         let out = child
             .wait_with_output()
             .map_err(io_at("wait for", "ingest-upper"))?;
@@ -351,7 +380,7 @@ impl Repo {
             args.push("--all");
         }
         let done = self
-            .spawn_in_namespace(&args, Stdio::null(), Stdio::piped())
+            .helper_in_namespace(&args, Stdio::null(), Stdio::piped())
             .and_then(|c| {
                 c.wait_with_output()
                     .map_err(io_at("wait for", "sweep-state"))
@@ -440,6 +469,14 @@ fn enter_namespace() -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+fn start(cmd: &mut Command) -> Result<Child> {
+    cmd.spawn().map_err(|source| EngineError::Io {
+        op: "start",
+        path: PathBuf::from(cmd.get_program()),
+        source,
+    })
 }
 
 fn io_at(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> EngineError {
