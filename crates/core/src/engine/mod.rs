@@ -104,6 +104,31 @@ pub struct Repo {
     lower_server: LowerServer,
     /// Lower layers served by this process (`LowerServer::InProcess`).
     views: updown::Views,
+    /// Overlays a restore detached, each kept by a background process until this repo is
+    /// dropped, which then lets it go, flush and all (`mount::release`).
+    released: std::sync::Mutex<Vec<crate::mount::Released>>,
+    /// In-process lower views of those overlays, unmounted but still serving them: each ends
+    /// once its overlay has gone, so they are joined after `released` is let go.
+    retired: std::sync::Mutex<Vec<crate::mount::MountedView>>,
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        self.released
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for mut view in self
+            .retired
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            if let Err(e) = view.join() {
+                tracing::warn!("a lower view of a released overlay: {e}");
+            }
+        }
+    }
 }
 
 impl Repo {
@@ -128,6 +153,8 @@ impl Repo {
             store: Store::new(Arc::new(backend)),
             lower_server: opts.lower_server.clone(),
             views: Default::default(),
+            released: Default::default(),
+            retired: Default::default(),
         })
     }
 

@@ -295,6 +295,11 @@ impl Repo {
         {
             super::updown::detach(&l.lower)?;
         }
+        // The overlay this replaces may still be going away in the background
+        // (`down_for_rebase`), its work directory with it: the next one gets its own.
+        if l.work.exists() {
+            rename(&l.work, &l.state.join(format!("work.old-{}", now_ns())))?;
+        }
         for d in [&l.state, &l.lower, &l.work] {
             mkdir_all(d)?;
         }
@@ -374,7 +379,7 @@ impl Repo {
         let was_up = self.is_up(m);
         if was_up {
             let t = Instant::now();
-            self.down_locked(m)?;
+            self.down_for_rebase(m)?;
             phases.push(Phase::since("stop", t));
         }
         let t = Instant::now();
@@ -638,7 +643,8 @@ fn fsync_dir(p: &Path) -> Result<()> {
         })
 }
 
-/// Removes the uppers earlier rebases left in `state`; true if none is left.
+/// Removes the uppers and overlay work directories earlier rebases left in `state`; true if
+/// none is left.
 pub(crate) fn sweep_old_uppers(state: &Path) -> bool {
     let Ok(rd) = std::fs::read_dir(state) else {
         return true;
@@ -647,7 +653,10 @@ pub(crate) fn sweep_old_uppers(state: &Path) -> bool {
     for e in rd.flatten() {
         let name = e.file_name();
         let n = name.as_encoded_bytes();
-        if n.starts_with(b"upper.old-") || n.starts_with(b"upper.new-") {
+        if n.starts_with(b"upper.old-")
+            || n.starts_with(b"upper.new-")
+            || n.starts_with(b"work.old-")
+        {
             super::rootless::remove_tree(&e.path());
             clean &= !e.path().exists();
         }

@@ -273,6 +273,23 @@ impl Repo {
     }
 
     pub(crate) fn down_locked(&self, m: &MachineRow) -> Result<DownReport> {
+        self.take_down(m, |_, m| unmount_overlay(m))
+    }
+
+    /// `down_locked` before a rebase, whose undo point already holds the old upper durably:
+    /// the overlay is detached and its last reference dropped by a background process once
+    /// this repo is dropped (`mount::release`), so the flush of the host's file system that
+    /// comes with an overlay's end does not hold up the restore. Refused as busy as
+    /// `down_locked` is.
+    pub(crate) fn down_for_rebase(&self, m: &MachineRow) -> Result<DownReport> {
+        self.take_down(m, Repo::release_overlay)
+    }
+
+    fn take_down(
+        &self,
+        m: &MachineRow,
+        unmount: fn(&Repo, &MachineRow) -> Result<()>,
+    ) -> Result<DownReport> {
         let l = self.layout(m);
         let mut report = DownReport {
             name: m.name.clone(),
@@ -293,23 +310,7 @@ impl Repo {
                 // Without root the overlay lives in its holder's namespace: a holder that died
                 // since `is_up` took the overlay with it, and nothing is left to unmount.
                 None if crate::sandbox::rootless() => {}
-                None => match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
-                    Ok(()) => {}
-                    Err(rustix::io::Errno::BUSY) => {
-                        return Err(EngineError::Invalid(format!(
-                            "machine {} is busy: a process has its working directory or an \
-                             open file inside {}; stop it and try again",
-                            m.name,
-                            m.dir.display()
-                        )));
-                    }
-                    Err(e) => {
-                        return Err(EngineError::Invalid(format!(
-                            "could not unmount {}: {e}",
-                            m.dir.display()
-                        )));
-                    }
-                },
+                None => unmount(self, m)?,
             }
             report.phases.push(Phase::since("overlay", t));
         }
@@ -390,7 +391,13 @@ impl Repo {
             crate::mount::unmount(lower).map_err(EngineError::from)?;
         }
         if let Some(mut view) = held {
-            view.join()?;
+            if lock(&self.released).is_empty() {
+                view.join()?;
+            } else {
+                // An overlay released here may still read through it (its private copy of
+                // the mount outlives the unmount): it ends with that overlay.
+                lock(&self.retired).push(view);
+            }
         }
         // A detached server ends after its unmount (at once, or once it sees its view gone
         // from the mount table, `serve_lower`), and holds the lower lock until then: so the
@@ -508,6 +515,43 @@ impl Repo {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unmounts a root machine's overlay, waiting for everything that comes with it.
+fn unmount_overlay(m: &MachineRow) -> Result<()> {
+    match rustix::mount::unmount(&m.dir, UnmountFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::BUSY) => Err(busy(m)),
+        Err(e) => Err(could_not_unmount(m, e)),
+    }
+}
+
+impl Repo {
+    /// Unmounts a root machine's overlay, leaving its teardown to a background process that
+    /// starts it when this repo is dropped.
+    fn release_overlay(&self, m: &MachineRow) -> Result<()> {
+        match crate::mount::release(&m.dir) {
+            Ok(r) => {
+                lock(&self.released).push(r);
+                Ok(())
+            }
+            Err(crate::mount::ReleaseError::Busy) => Err(busy(m)),
+            Err(crate::mount::ReleaseError::Os(e)) => Err(could_not_unmount(m, e)),
+        }
+    }
+}
+
+fn busy(m: &MachineRow) -> EngineError {
+    EngineError::Invalid(format!(
+        "machine {} is busy: a process has its working directory or an open file inside {}; \
+         stop it and try again",
+        m.name,
+        m.dir.display()
+    ))
+}
+
+fn could_not_unmount(m: &MachineRow, e: rustix::io::Errno) -> EngineError {
+    EngineError::Invalid(format!("could not unmount {}: {e}", m.dir.display()))
 }
 
 pub(crate) fn detach(path: &Path) -> Result<()> {

@@ -17,6 +17,7 @@ mod escape;
 mod fs;
 mod inodes;
 mod mounts;
+mod release;
 mod xattrscan;
 
 pub use data::DataLayer;
@@ -24,6 +25,7 @@ pub(crate) use data::{eligible as data_eligible, key as data_key};
 pub(crate) use mounts::fsname;
 pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
 pub(crate) use mounts::{mount_at, mount_in};
+pub use release::{ReleaseError, Released, release};
 
 use crate::catalog::CatalogError;
 use crate::model::Node;
