@@ -6,7 +6,7 @@
 #[allow(dead_code, unused_imports)]
 mod util;
 
-use util::{Env, TestDir};
+use util::{Env, web_and_box};
 
 /// Overlayfs flushes its upper's whole file system when it goes away, and whoever drops the
 /// last reference waits for that. A restore leaves it to a background process that starts
@@ -18,13 +18,7 @@ use util::{Env, TestDir};
 #[test]
 fn a_restore_does_not_wait_for_the_host_disk_to_flush() {
     let env = Env::new();
-    let t = TestDir::full(&env.path("web"));
-    env.machine("web", &t.root);
-    env.checkpoint("web");
-    let v = env
-        .cairn(["machine", "create", "box", "--mounted", "--from", "web@v1"])
-        .json();
-    let at = std::path::PathBuf::from(v["at"].as_str().expect("at"));
+    let (t, at) = web_and_box(&env);
     env.cairn(["machine", "up", "box"]).ok();
     let dirty_mib = || {
         let info = std::fs::read_to_string("/proc/meminfo").unwrap();

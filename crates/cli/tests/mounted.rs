@@ -2,20 +2,8 @@
 //! through the overlay, checkpoint, restore and fork by re-pointing, down; and recovery when
 //! the view's server is killed.
 
-use crate::util::{Env, TestDir, assert_same, snapshot};
+use crate::util::{Env, assert_same, snapshot, web_and_box};
 use std::path::PathBuf;
-
-/// Creates `web` from the full fixture with checkpoint web@v1, and `box` over it.
-fn web_and_box(env: &Env) -> (TestDir, PathBuf) {
-    let t = TestDir::full(&env.path("web"));
-    env.machine("web", &t.root);
-    env.checkpoint("web");
-    let v = env
-        .cairn(["machine", "create", "box", "--mounted", "--from", "web@v1"])
-        .json();
-    let at = PathBuf::from(v["at"].as_str().expect("at"));
-    (t, at)
-}
 
 /// Pids of this env's view server of `name`.
 fn server_pids(env: &Env, name: &str) -> Vec<i32> {

@@ -222,6 +222,18 @@ pub fn finish(child: Child) -> Run {
     }
 }
 
+/// Creates `web` from the full fixture with checkpoint web@v1, and `box` over it.
+pub fn web_and_box(env: &Env) -> (TestDir, PathBuf) {
+    let t = TestDir::full(&env.path("web"));
+    env.machine("web", &t.root);
+    env.checkpoint("web");
+    let v = env
+        .cairn(["machine", "create", "box", "--mounted", "--from", "web@v1"])
+        .json();
+    let at = PathBuf::from(v["at"].as_str().expect("at"));
+    (t, at)
+}
+
 /// Pids of the view servers (`cairn machine serve-lower`) of the cairn home `home`: of machine
 /// `name`, or of every machine.
 pub fn view_servers(home: &Path, name: Option<&str>) -> Vec<i32> {

@@ -113,19 +113,17 @@ mod tests {
             .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
     }
 
+    fn mount_tmpfs(dir: &Path) {
+        let flags = rustix::mount::MountFlags::empty();
+        rustix::mount::mount("cairn-test", dir, "tmpfs", flags, None).unwrap();
+    }
+
     #[test]
     fn releases_an_unused_mount_and_refuses_a_busy_one() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("m");
         std::fs::create_dir(&dir).unwrap();
-        rustix::mount::mount(
-            "cairn-test",
-            &dir,
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            None,
-        )
-        .unwrap();
+        mount_tmpfs(&dir);
         std::fs::write(dir.join("f"), b"x").unwrap();
 
         // An open file inside: busy, and still mounted.
@@ -138,14 +136,7 @@ mod tests {
         assert!(!mounted(&dir), "the mount is gone from the tree");
         assert!(!dir.join("f").exists(), "the directory below shows again");
         // This process holds nothing of it: the directory can be mounted on again at once.
-        rustix::mount::mount(
-            "cairn-test",
-            &dir,
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            None,
-        )
-        .unwrap();
+        mount_tmpfs(&dir);
         rustix::mount::unmount(&dir, UnmountFlags::empty()).unwrap();
         drop(released);
     }
