@@ -104,8 +104,9 @@ pub struct Repo {
     lower_server: LowerServer,
     /// Lower layers served by this process (`LowerServer::InProcess`).
     views: updown::Views,
-    /// Overlays a restore detached, each kept by a background process until this repo is
-    /// dropped, which then lets it go, flush and all (`mount::release`).
+    /// Overlays a restore detached, each kept by a background process until the restore is
+    /// done (`let_go_released`) or this repo is dropped, then let go, flush and all
+    /// (`mount::release`).
     released: std::sync::Mutex<Vec<crate::mount::Released>>,
     /// In-process lower views of those overlays, unmounted but still serving them: each ends
     /// once its overlay has gone, so they are joined after `released` is let go.

@@ -399,6 +399,8 @@ impl Repo {
             self.up_locked(&self.machine_row(&m.name)?)?;
             phases.push(Phase::since("remount", t));
         }
+        // The restore's own work is done: the old overlay may go now, in the background.
+        self.let_go_released();
         Ok(RestoreReport {
             target: journal.target_ref,
             undo: Some(format!("{}@v{}", m.name, undo.version)),

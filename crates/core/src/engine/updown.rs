@@ -278,7 +278,7 @@ impl Repo {
 
     /// `down_locked` before a rebase, whose undo point already holds the old upper durably:
     /// the overlay is detached and its last reference dropped by a background process once
-    /// this repo is dropped (`mount::release`), so the flush of the host's file system that
+    /// the restore is done (`let_go_released`), so the flush of the host's file system that
     /// comes with an overlay's end does not hold up the restore. Refused as busy as
     /// `down_locked` is.
     pub(crate) fn down_for_rebase(&self, m: &MachineRow) -> Result<DownReport> {
@@ -527,8 +527,14 @@ fn unmount_overlay(m: &MachineRow) -> Result<()> {
 }
 
 impl Repo {
+    /// Lets the overlays released so far go: their background processes drop them now, and
+    /// pay for the flush. (Dropping the repo does the same for whatever is left.)
+    pub(crate) fn let_go_released(&self) {
+        lock(&self.released).clear();
+    }
+
     /// Unmounts a root machine's overlay, leaving its teardown to a background process that
-    /// starts it when this repo is dropped.
+    /// starts it once `let_go_released` runs or this repo is dropped.
     fn release_overlay(&self, m: &MachineRow) -> Result<()> {
         match crate::mount::release(&m.dir) {
             Ok(r) => {
