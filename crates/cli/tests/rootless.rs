@@ -467,12 +467,8 @@ fn a_killed_checkpoint_takes_its_namespace_helper_with_it() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     checkpoint.kill().unwrap();
     checkpoint.wait().unwrap();
-    let killed = std::time::Instant::now();
-    let mut left = crate::util::namespace_helpers(&env.home());
-    while !left.is_empty() && killed.elapsed() < std::time::Duration::from_millis(300) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        left = crate::util::namespace_helpers(&env.home());
-    }
+    let left =
+        crate::util::namespace_helpers_after(&env.home(), std::time::Duration::from_millis(300));
     assert!(
         left.is_empty(),
         "helpers {left:?} outlived the killed checkpoint"

@@ -245,12 +245,7 @@ impl RootlessWorld {
         if killed {
             // A helper it ran in the machine's namespace dies with it instead of finishing
             // alone beside the next command.
-            let deadline = Instant::now() + Duration::from_millis(500);
-            let mut left = crate::util::namespace_helpers(&home);
-            while !left.is_empty() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-                left = crate::util::namespace_helpers(&home);
-            }
+            let left = crate::util::namespace_helpers_after(&home, Duration::from_millis(500));
             assert!(
                 left.is_empty(),
                 "trial {t}: {args:?} was killed, its helpers {left:?} still run"

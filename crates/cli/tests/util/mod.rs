@@ -248,6 +248,17 @@ pub fn namespace_helpers(home: &Path) -> Vec<i32> {
     pids
 }
 
+/// `namespace_helpers` once none is left or `within` has passed, whichever comes first.
+pub fn namespace_helpers_after(home: &Path, within: std::time::Duration) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + within;
+    let mut left = namespace_helpers(home);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        left = namespace_helpers(home);
+    }
+    left
+}
+
 /// Pids of the live `cairn … machine VERB [name]` processes of the cairn home `home`.
 fn processes(home: &Path, verb: &[u8], name: Option<&str>) -> Vec<i32> {
     let home = home.display().to_string();

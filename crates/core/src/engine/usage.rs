@@ -64,24 +64,19 @@ impl Repo {
         })?;
         let store_bytes: u64 = self.catalog.packs()?.iter().map(|p| p.size).sum();
         let checkpoints = self.catalog.all_checkpoints()?;
-        // Per checkpoint, the distinct blobs it reaches (as indices into `index`).
+        // Per checkpoint, the distinct blobs it reaches (by their dense index).
         let mut reach: Vec<Vec<u32>> = Vec::with_capacity(checkpoints.len());
         let mut refs: Vec<u32> = vec![0; stored.len()];
-        // The one machine referencing a blob, or u64::MAX when several do.
+        // The one machine referencing a blob: -1 while none does, -2 once several do.
         let mut owner: Vec<i64> = vec![-1; stored.len()];
-        // `stamp[i]` is the number (from 1) of the last checkpoint that reached blob i, so
-        // each checkpoint collects its distinct blobs without a set of its own.
-        let mut stamp: Vec<u32> = vec![0; stored.len()];
-        for (n, c) in checkpoints.iter().enumerate() {
-            let n = n as u32 + 1;
+        let mut distinct = Distinct::new(stored.len());
+        for c in &checkpoints {
             let mut seen = HashSet::new();
             let mut mine: Vec<u32> = Vec::new();
+            distinct.next_set();
             walk_reachable(&src, c.root, &mut seen, &mut |id| {
-                if let Some(&i) = index.get(&id)
-                    && stamp[i as usize] != n
-                {
-                    stamp[i as usize] = n;
-                    mine.push(i);
+                if let Some(&i) = index.get(&id) {
+                    distinct.add(i, &mut mine);
                 }
             })?;
             for &i in &mine {
@@ -97,7 +92,6 @@ impl Repo {
         }
         let size_of = |i: u32| stored[i as usize];
         let mut machines: Vec<MachineUsage> = Vec::new();
-        let mut mark = checkpoints.len() as u32;
         for m in self.catalog.machines()? {
             let mut mu = MachineUsage {
                 name: m.name.clone(),
@@ -106,10 +100,9 @@ impl Repo {
                 exclusive_bytes: 0,
                 checkpoints: Vec::new(),
             };
-            // The machine's distinct blobs, by the same stamping with a number past every
-            // checkpoint's.
-            mark += 1;
+            // The machine's distinct blobs.
             let mut union: Vec<u32> = Vec::new();
+            distinct.next_set();
             for (c, r) in checkpoints
                 .iter()
                 .zip(&reach)
@@ -128,10 +121,7 @@ impl Repo {
                 });
                 mu.logical_bytes = mu.logical_bytes.max(c.logical_bytes);
                 for &i in r {
-                    if stamp[i as usize] != mark {
-                        stamp[i as usize] = mark;
-                        union.push(i);
-                    }
+                    distinct.add(i, &mut union);
                 }
             }
             mu.stored_bytes = union.iter().map(|&i| size_of(i)).sum();
@@ -152,6 +142,36 @@ impl Repo {
             referenced_bytes,
             unreferenced_bytes: store_bytes.saturating_sub(referenced_bytes),
         })
+    }
+}
+
+/// Collects distinct dense indices into one set after another without a hash set per set:
+/// `stamp[i]` is the number of the last set that took index i.
+struct Distinct {
+    stamp: Vec<u32>,
+    set: u32,
+}
+
+impl Distinct {
+    fn new(len: usize) -> Distinct {
+        Distinct {
+            stamp: vec![0; len],
+            set: 0,
+        }
+    }
+
+    /// Starts the next set.
+    fn next_set(&mut self) {
+        self.set += 1;
+    }
+
+    /// Pushes `i` to `out` unless the current set has it already.
+    fn add(&mut self, i: u32, out: &mut Vec<u32>) {
+        let s = &mut self.stamp[i as usize];
+        if *s != self.set {
+            *s = self.set;
+            out.push(i);
+        }
     }
 }
 
