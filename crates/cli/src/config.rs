@@ -211,6 +211,9 @@ fn repo_options(g: &GlobalArgs, env: &dyn Env) -> Result<RepoOptions> {
         author: resolve_author(g.author.as_deref(), env)?,
         lock_wait: parse_wait(&g.wait)?,
         lower_server,
+        lower_images: !env
+            .var("CAIRN_LOWER_IMAGES")
+            .is_some_and(|v| ["0", "off", "false", "no"].iter().any(|n| v == *n)),
     })
 }
 

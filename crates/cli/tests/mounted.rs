@@ -12,7 +12,7 @@ fn server_pids(env: &Env, name: &str) -> Vec<i32> {
 
 #[test]
 fn mounted_machine_end_to_end() {
-    let env = Env::new();
+    let env = Env::views_only();
     let (t, at) = web_and_box(&env);
     let want = snapshot(&t.root);
     let up = env.cairn(["machine", "up", "box"]).json();
@@ -77,7 +77,7 @@ fn mounted_machine_end_to_end() {
 
 #[test]
 fn killed_view_server_is_recovered_and_nothing_written_is_lost() {
-    let env = Env::new();
+    let env = Env::views_only();
     let (_t, at) = web_and_box(&env);
     env.cairn(["machine", "up", "box"]).ok();
     std::fs::write(at.join("kept"), b"written before the crash").unwrap();
@@ -224,7 +224,7 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// the next command had started its own, and `up` detached any view it found, also a good one.
 #[test]
 fn up_keeps_a_view_of_its_base_and_replaces_one_of_another() {
-    let env = Env::new();
+    let env = Env::views_only();
     let (_t, at) = web_and_box(&env);
     env.cairn(["machine", "up", "box"]).ok();
     let (lower, source) = lower_view(&env).expect("a lower view");
@@ -272,4 +272,37 @@ fn up_keeps_a_view_of_its_base_and_replaces_one_of_another() {
     cairn_core::unmount(&lower).unwrap();
     let run = crate::util::finish(second);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+/// Once the data layer holds the base's files, the view server writes the base's lower
+/// image, and the machine's next mount stands on it with no server at all.
+#[test]
+fn a_machine_stands_on_its_bases_lower_image_once_the_server_built_it() {
+    let env = Env::new();
+    let (t, at) = web_and_box(&env);
+    let want = snapshot(&t.root);
+    let up = env.cairn(["machine", "up", "box"]).json();
+    assert_eq!(up["lower"], "view", "{up}");
+    let image = env.home().join("cache/lowers").join(base_of(&env, "box"));
+    wait_until("the server builds the base's image", || image.is_dir());
+
+    env.cairn(["restore", "box@v1"]).ok();
+    wait_until("the view server exits", || {
+        server_pids(&env, "box").is_empty()
+    });
+    assert_same(&want, &snapshot(&at), "box over its image");
+    assert!(lower_view(&env).is_none(), "no view is mounted");
+    let again = env.cairn(["machine", "up", "box"]).json();
+    assert_eq!(again["already_up"], true, "{again}");
+    env.cairn(["machine", "down", "box"]).ok();
+    let up = env.cairn(["machine", "up", "box"]).json();
+    assert_eq!(up["lower"], "image", "{up}");
+    assert!(server_pids(&env, "box").is_empty());
+    std::fs::write(at.join("etc/hostname"), b"over the image\n").unwrap();
+    env.cairn(["checkpoint", "create", "box"]).ok();
+    let cat = env.cairn(["cat", "box@latest:/etc/hostname"]).ok().stdout();
+    assert_eq!(cat, "over the image\n");
+    env.cairn(["gc"]).ok();
+    env.cairn(["check", "--read-data"]).ok();
+    env.cairn(["machine", "down", "box"]).ok();
 }

@@ -17,6 +17,7 @@ pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 /// A tempdir holding a cairn home (`home/`) and room for machine directories beside it.
 pub struct Env {
     tmp: tempfile::TempDir,
+    views_only: bool,
 }
 
 impl Drop for Env {
@@ -38,6 +39,16 @@ impl Env {
     pub fn new() -> Env {
         Env {
             tmp: tempfile::tempdir().expect("tempdir"),
+            views_only: false,
+        }
+    }
+
+    /// An env whose machines always stand on a FUSE view (`CAIRN_LOWER_IMAGES=0`): for tests
+    /// of the view servers themselves, which a lower image would make unneeded.
+    pub fn views_only() -> Env {
+        Env {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            views_only: true,
         }
     }
 
@@ -66,6 +77,9 @@ impl Env {
             .env("CAIRN_AUTHOR", "tester")
             .env_remove("CAIRN_LOG")
             .args(args);
+        if self.views_only {
+            cmd.env("CAIRN_LOWER_IMAGES", "0");
+        }
         TestCommand { cmd }
     }
 

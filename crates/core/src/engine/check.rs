@@ -198,8 +198,8 @@ impl Repo {
     }
 
     /// Re-reads every data layer copy of a checkpoint's file. A copy that differs from its
-    /// file would show machines wrong bytes: it is removed (the layer is a cache; the view
-    /// serves the file until it is copied again) and reported.
+    /// file would show machines wrong bytes: it is rewritten from the file's chunks (readers
+    /// that opened the wrong one keep it until they close it) and reported.
     fn check_copies<'e>(
         &self,
         files: impl Iterator<Item = &'e Vec<Extent>>,
@@ -219,10 +219,26 @@ impl Repo {
                 Some(Err(why)) => why,
             };
             report.copies += 1;
-            let fate = match layer.discard(extents) {
-                Ok(()) => "removed it; machines read the file through their view until it is                            copied again"
-                    .to_owned(),
-                Err(e) => format!("could not remove it ({e}); remove it by hand"),
+            // Rewritten in place from the checkpoint's chunks: lower images name the copy, so
+            // it must stay. Removed only when that fails.
+            let chunk = |id| {
+                let src = BlobSource::new(&self.store, &self.catalog_path())
+                    .map_err(|e| e.to_string())?;
+                src.chunk(id)
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| e.to_string())
+            };
+            let fate = match layer.fill(&chunk, &key(extents), extents, true) {
+                Ok(_) => "rewrote it from the file's chunks".to_owned(),
+                Err(e) => match layer.discard(extents) {
+                    Ok(()) => format!(
+                        "could not rewrite it ({e}), so removed it; machines read the file \
+                         through their view until it is copied again"
+                    ),
+                    Err(e2) => format!(
+                        "could not rewrite it ({e}) nor remove it ({e2}); remove it by hand"
+                    ),
+                },
             };
             report.findings.push(Finding {
                 object: format!("data layer copy {}", key(extents)),

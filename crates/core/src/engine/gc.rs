@@ -46,6 +46,8 @@ pub struct GcReport {
     pub orphans_deleted: u64,
     /// Copies removed from the data layer (`mount/data.rs`): no checkpoint holds their file.
     pub copies_deleted: u64,
+    /// Lower images removed: of trees nothing reachable holds any more.
+    pub images_deleted: u64,
     pub bytes_freed: u64,
     /// Bytes in doomed packs, freed by a gc after the grace period.
     pub bytes_pending: u64,
@@ -121,7 +123,10 @@ impl Repo {
             }
         };
         let mut seen = HashSet::new();
+        // Every reachable root tree, whose lower image (if any) stays.
+        let mut roots: HashSet<String> = HashSet::new();
         for c in self.catalog.all_checkpoints()? {
+            roots.insert(c.root.to_hex());
             walk_reachable_files(
                 &src,
                 c.root,
@@ -136,6 +141,7 @@ impl Repo {
         // A mounted machine's base is served by its lower layer even if no checkpoint names it.
         for m in self.catalog.machines()? {
             if let Some(b) = m.base {
+                roots.insert(b.root.to_hex());
                 walk_reachable_files(
                     &src,
                     b.root,
@@ -240,6 +246,17 @@ impl Repo {
                 })?;
             report.copies_deleted = files;
             report.bytes_freed += bytes;
+        }
+
+        // 5b. Lower images of trees no checkpoint or machine base holds any more.
+        if !opts.dry_run {
+            report.images_deleted =
+                self.sweep_images(&roots, marked_at)
+                    .map_err(|source| EngineError::Io {
+                        op: "sweep the lower images",
+                        path: self.images_dir(),
+                        source,
+                    })?;
         }
 
         // 6. Leftovers, only when nobody else is writing.

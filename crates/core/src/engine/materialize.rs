@@ -18,7 +18,7 @@
 use super::blobs::BlobSource;
 use super::statcache::{CacheEntry, StatSig};
 use super::{EngineError, Progress, Result, join_path};
-use crate::model::{Content, Extent, Meta, Node, Timestamp, Tree, TreeId};
+use crate::model::{Content, Extent, Meta, Node, Timestamp, Tree, TreeId, Xattr};
 use crate::rootfs::{ApplyOptions, Dir, FileKind, RootfsError, set_meta_fd};
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
@@ -37,6 +37,39 @@ pub(crate) struct Applied {
     /// Paths removed or replaced: their old cache entries (and descendants') are stale.
     pub invalidated: Vec<Vec<u8>>,
     pub warnings: Vec<String>,
+}
+
+/// How a lower image is written (`image.rs`): a file whose bytes the data layer holds gets a
+/// metadata-only stub naming its copy, and the tree's own overlay attributes are escaped, as
+/// a lower view serves them.
+#[derive(Clone, Copy)]
+pub(crate) struct Stubs<'a> {
+    pub data: &'a crate::mount::DataLayer,
+    pub escape: crate::mount::Escape,
+}
+
+impl Stubs<'_> {
+    /// The metadata an entry of the image carries: the tree's, its overlay attributes escaped,
+    /// with the attributes that send overlayfs to a copy when `copy` names one.
+    fn meta(&self, meta: &Meta, copy: Option<&str>) -> Meta {
+        let mut out = meta.clone();
+        for x in &mut out.xattrs {
+            x.name = self.escape.served(&x.name).into_owned();
+        }
+        if let Some(key) = copy {
+            let names = crate::mount::DataLayer::copy_xattrs(key);
+            out.xattrs
+                .extend(names.into_iter().map(|(name, value)| Xattr { name, value }));
+        }
+        out.xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The copy a file's stub names, if the data layer holds one.
+    fn copy(&self, node: &Node) -> Option<String> {
+        let key = crate::mount::data_key(crate::mount::data_eligible(node)?);
+        self.data.holds(&key).then_some(key)
+    }
 }
 
 /// A file whose content phase 2 writes.
@@ -59,6 +92,7 @@ pub(crate) struct Materializer<'a> {
     files: Vec<FileJob>,
     /// Directories whose metadata phase 4 applies, by path (empty for the machine root).
     dir_metas: Vec<(Vec<u8>, Meta)>,
+    stubs: Option<Stubs<'a>>,
 }
 
 fn kind_of(content: &Content) -> FileKind {
@@ -93,6 +127,21 @@ impl<'a> Materializer<'a> {
             rewritten_leaders: HashSet::new(),
             files: Vec::new(),
             dir_metas: Vec::new(),
+            stubs: None,
+        }
+    }
+
+    /// Writes a lower image instead of a machine's files (see `Stubs`).
+    pub(crate) fn with_stubs(mut self, stubs: Stubs<'a>) -> Self {
+        self.stubs = Some(stubs);
+        self
+    }
+
+    /// The metadata `create` gives an entry that is not a regular file.
+    fn meta_of<'m>(&self, meta: &'m Meta) -> std::borrow::Cow<'m, Meta> {
+        match &self.stubs {
+            Some(s) => std::borrow::Cow::Owned(s.meta(meta, None)),
+            None => std::borrow::Cow::Borrowed(meta),
         }
     }
 
@@ -163,7 +212,8 @@ impl<'a> Materializer<'a> {
                 (Content::Dir { tree: t1 }, Content::Dir { tree: t2 }) => {
                     let sub = dir.open_dir(name)?;
                     self.apply_dir(&sub, &path, Some(*t1), *t2)?;
-                    self.dir_metas.push((path, b.meta.clone()));
+                    let meta = self.meta_of(&b.meta).into_owned();
+                    self.dir_metas.push((path, meta));
                     Ok(())
                 }
                 (
@@ -210,7 +260,7 @@ impl<'a> Materializer<'a> {
     }
 
     fn create(&mut self, dir: &Dir, path: &[u8], name: &[u8], node: &Node) -> Result<()> {
-        let meta = &node.meta;
+        let meta = &*self.meta_of(&node.meta);
         match &node.content {
             Content::File { nlink, .. } => {
                 if *nlink > 1 {
@@ -273,7 +323,8 @@ impl<'a> Materializer<'a> {
         self.write_files()?;
         self.link(top)?;
         if whole {
-            self.dir_metas.push((Vec::new(), top.meta.clone()));
+            let meta = self.meta_of(&top.meta).into_owned();
+            self.dir_metas.push((Vec::new(), meta));
         }
         let mut metas = std::mem::take(&mut self.dir_metas);
         metas.sort_by_key(|(p, _)| std::cmp::Reverse(depth(p)));
@@ -307,6 +358,7 @@ impl<'a> Materializer<'a> {
             Mutex::new(Vec::with_capacity(jobs.len()));
         let failure: Mutex<Option<EngineError>> = Mutex::new(None);
         let (src, root, opts, progress) = (self.src, self.root, &self.opts, self.progress);
+        let stubs = self.stubs;
         std::thread::scope(|s| {
             for _ in 0..workers.min(runs.len()) {
                 s.spawn(|| {
@@ -316,7 +368,8 @@ impl<'a> Materializer<'a> {
                             if lock(&failure).is_some() {
                                 return;
                             }
-                            match write_job(src, root, opts, progress, &mut current, job) {
+                            let w = write_job(src, root, opts, progress, &mut current, job, stubs);
+                            match w {
                                 Ok((n, entry)) => lock(&done).push((n, job.path.clone(), entry)),
                                 Err(e) => {
                                     lock(&failure).get_or_insert(e);
@@ -372,7 +425,8 @@ impl<'a> Materializer<'a> {
                 .map(<[u8]>::to_vec)
                 .collect();
             if let Some(node) = super::restore::lookup_path(self.src, top, &comps)? {
-                self.dir_metas.push((parent, node.meta));
+                let meta = self.meta_of(&node.meta).into_owned();
+                self.dir_metas.push((parent, meta));
             }
             self.applied.invalidated.push(path);
         }
@@ -396,6 +450,7 @@ fn write_job(
     progress: &dyn Progress,
     current: &mut Option<(Vec<u8>, Dir)>,
     job: &FileJob,
+    stubs: Option<Stubs<'_>>,
 ) -> Result<(u64, CacheEntry)> {
     if current.as_ref().is_none_or(|(p, _)| *p != job.parent) {
         *current = Some((job.parent.clone(), open_dir_path(root, &job.parent)?));
@@ -407,6 +462,21 @@ fn write_job(
         ));
     };
     let shown = || String::from_utf8_lossy(&job.path).into_owned();
+    if let Some(stubs) = stubs {
+        let copy = stubs.copy(&job.node);
+        if copy.is_some() {
+            // A stub: the file's size and metadata, no blocks; overlayfs reads the copy.
+            let file = dir.write_file(&job.name, |f| {
+                f.set_len(*size).map_err(|source| RootfsError::Io {
+                    path: shown(),
+                    op: "truncate",
+                    source,
+                })
+            })?;
+            set_meta_fd(&file, &stubs.meta(&job.node.meta, copy.as_deref()), opts)?;
+            return Ok((0, cache_entry(&file, &job.path, extents)?));
+        }
+    }
     let mut written = 0u64;
     let file = dir.write_file(&job.name, |f| {
         let mut off = 0u64;
@@ -433,7 +503,10 @@ fn write_job(
             source,
         })
     })?;
-    set_meta_fd(&file, &job.node.meta, opts)?;
+    match stubs {
+        Some(s) => set_meta_fd(&file, &s.meta(&job.node.meta, None), opts)?,
+        None => set_meta_fd(&file, &job.node.meta, opts)?,
+    }
     Ok((written, cache_entry(&file, &job.path, extents)?))
 }
 

@@ -11,6 +11,7 @@ mod checkpoint;
 mod diff;
 mod error;
 mod gc;
+mod image;
 mod ingest;
 mod lock;
 mod machine;
@@ -92,6 +93,9 @@ pub struct RepoOptions {
     pub lock_wait: Duration,
     /// How `machine up` serves a mounted machine's lower layer.
     pub lower_server: LowerServer,
+    /// Whether a root machine's lower layer is a lower image once its base has one, and view
+    /// servers build images (see `image.rs`); off, every lower is a FUSE view.
+    pub lower_images: bool,
 }
 
 /// An open cairn home: the catalog, the store and the machines they describe.
@@ -102,6 +106,7 @@ pub struct Repo {
     catalog: Catalog,
     store: Store,
     lower_server: LowerServer,
+    lower_images: bool,
     /// Lower layers served by this process (`LowerServer::InProcess`).
     views: updown::Views,
     /// Overlays a restore detached, each kept by a background process until the restore is
@@ -153,6 +158,7 @@ impl Repo {
             catalog,
             store: Store::new(Arc::new(backend)),
             lower_server: opts.lower_server.clone(),
+            lower_images: opts.lower_images,
             views: Default::default(),
             released: Default::default(),
             retired: Default::default(),

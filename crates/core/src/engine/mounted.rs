@@ -454,7 +454,7 @@ impl Repo {
         let result = apply(phases).map_err(|e| {
             // Killing the view server fails every read of the base under way; say so, and
             // what brings the machine back, rather than only what failed to read.
-            if Self::lower_healthy(&self.layout(m).lower) {
+            if self.lower_ok(m) {
                 return e;
             }
             EngineError::Invalid(format!(

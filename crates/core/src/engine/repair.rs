@@ -225,6 +225,7 @@ mod tests {
             author: "t".into(),
             lock_wait: Duration::from_secs(5),
             lower_server: Default::default(),
+            lower_images: true,
         };
         let dir = tmp.path().join("m");
         std::fs::create_dir_all(dir.join("etc")).unwrap();

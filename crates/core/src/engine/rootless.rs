@@ -58,16 +58,26 @@ pub(crate) fn namespace_ids() -> Option<IdMap> {
 /// mounted in a user namespace, where overlayfs keeps its attributes as `user.overlay.*` and
 /// allows none of these (`nofollow` is the only redirect mode it accepts there).
 pub(crate) fn overlay_options(l: &Layout, user: bool, data: Option<&Path>) -> String {
+    overlay_options_over(l, &l.lower, user, data)
+}
+
+/// `overlay_options` with `lower` (a lower image, see `image.rs`) in place of the view.
+pub(crate) fn overlay_options_over(
+    l: &Layout,
+    lower: &Path,
+    user: bool,
+    data: Option<&Path>,
+) -> String {
     let (lower, features) = match data {
         _ if user => (
-            escape_opt(&l.lower),
+            escape_opt(lower),
             "redirect_dir=nofollow,metacopy=off,userxattr",
         ),
         Some(d) => (
-            format!("{}::{}", escape_opt(&l.lower), escape_opt(d)),
+            format!("{}::{}", escape_opt(lower), escape_opt(d)),
             "redirect_dir=on,metacopy=on",
         ),
-        None => (escape_opt(&l.lower), "redirect_dir=off,metacopy=off"),
+        None => (escape_opt(lower), "redirect_dir=off,metacopy=off"),
     };
     format!(
         "lowerdir={lower},upperdir={},workdir={},{features},index=off,xino=off",
@@ -84,11 +94,11 @@ fn escape_opt(p: &Path) -> String {
         .replace(':', "\\:")
 }
 
-/// Mounts an overlay with `opts` at `at`.
-pub(crate) fn mount_overlay(at: &Path, opts: &str) -> Result<(), rustix::io::Errno> {
+/// Mounts an overlay with `opts` at `at`, named `source` in the mount table.
+pub(crate) fn mount_overlay(at: &Path, source: &str, opts: &str) -> Result<(), rustix::io::Errno> {
     let opts = std::ffi::CString::new(opts).map_err(|_| rustix::io::Errno::INVAL)?;
     rustix::mount::mount(
-        "overlay",
+        source,
         at,
         "overlay",
         rustix::mount::MountFlags::empty(),
@@ -250,7 +260,7 @@ impl Repo {
         let l = self.layout(&m);
         enter_namespace()?;
         let opts = overlay_options(&l, true, None);
-        mount_overlay(&m.dir, &opts).map_err(|e| {
+        mount_overlay(&m.dir, "overlay", &opts).map_err(|e| {
             EngineError::Invalid(format!(
                 "could not mount the overlay at {} in a user namespace ({e}); this needs a \
                  kernel of 5.11 or later; options were {opts}",

@@ -44,6 +44,10 @@ pub struct UpReport {
     /// machine's root (below `/proc/PID/root`) while it is up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reach: Option<PathBuf>,
+    /// What the overlay's lower layer is: `view` (a FUSE view served by cairn) or `image`
+    /// (the base's lower image on the local disk, see `image.rs`); empty when nothing was
+    /// mounted.
+    pub lower: &'static str,
 }
 
 /// What `machine down` did.
@@ -138,9 +142,10 @@ impl Repo {
             recovered: Vec::new(),
             phases: Vec::new(),
             reach: None,
+            lower: "",
         };
         let overlay_up = self.is_up(m);
-        if overlay_up && Self::lower_healthy(&l.lower) {
+        if overlay_up && self.lower_ok(m) {
             report.already_up = true;
             report.reach = self
                 .overlay_holder(m)
@@ -212,6 +217,18 @@ impl Repo {
                 ),
             });
         }
+        let t = Instant::now();
+        let image = (self.lower_images && !crate::sandbox::rootless())
+            .then(|| self.lower_image(base.root))
+            .flatten();
+        if let Some(image) = image
+            && self.mount_over_image(m, &l, base.root, &image, serving)?
+        {
+            report.phases.push(Phase::since("overlay", t));
+            report.lower = "image";
+            return Ok(report);
+        }
+        report.lower = "view";
         if !serving {
             let t = Instant::now();
             self.start_lower(m, base.root, &l.lower)?;
@@ -235,12 +252,12 @@ impl Repo {
                 source,
             })?;
             let opts = super::rootless::overlay_options(&l, false, Some(data.dir()));
-            super::rootless::mount_overlay(&m.dir, &opts)
+            super::rootless::mount_overlay(&m.dir, "overlay", &opts)
                 .or_else(|e| {
                     // Data-only layers need Linux 6.5; without, the view's attributes go unused.
                     let plain = super::rootless::overlay_options(&l, false, None);
                     tracing::info!("overlay with a data layer refused ({e}); mounting without");
-                    super::rootless::mount_overlay(&m.dir, &plain).map_err(|_| e)
+                    super::rootless::mount_overlay(&m.dir, "overlay", &plain).map_err(|_| e)
                 })
                 .map_err(|e| {
                     EngineError::Invalid(format!(
@@ -318,6 +335,49 @@ impl Repo {
         self.stop_lower(m, &l.lower)?;
         report.phases.push(Phase::since("lower", t));
         Ok(report)
+    }
+
+    /// True when the overlay at the machine's mountpoint stands on a lower that answers: a
+    /// live view, or a lower image that is still there.
+    pub(crate) fn lower_ok(&self, m: &MachineRow) -> bool {
+        match mount_at(&m.dir) {
+            Ok(Some(e)) if e.source.starts_with(IMAGE_SOURCE) => {
+                let tree = &e.source[IMAGE_SOURCE.len()..];
+                self.images_dir().join(tree).is_dir()
+            }
+            _ => Self::lower_healthy(&self.layout(m).lower),
+        }
+    }
+
+    /// Mounts the overlay over the base's lower image (no server needed); a view of the base
+    /// still served (`serving`) is stopped first. False when overlayfs refuses the image
+    /// (the caller then serves a view).
+    fn mount_over_image(
+        &self,
+        m: &MachineRow,
+        l: &super::mounted::Layout,
+        root: crate::model::TreeId,
+        image: &Path,
+        serving: bool,
+    ) -> Result<bool> {
+        if serving {
+            self.stop_lower(m, &l.lower)?;
+        }
+        std::fs::create_dir_all(&m.dir).map_err(|source| EngineError::Io {
+            op: "create the mountpoint",
+            path: m.dir.clone(),
+            source,
+        })?;
+        let data = self.data_layer();
+        let opts = super::rootless::overlay_options_over(l, image, false, Some(data.dir()));
+        let source = format!("{IMAGE_SOURCE}{}", root.to_hex());
+        match super::rootless::mount_overlay(&m.dir, &source, &opts) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::info!("overlay over the lower image refused ({e}); serving a view");
+                Ok(false)
+            }
+        }
     }
 
     /// Starts serving `root` at `lower` and returns once the view answers.
@@ -443,6 +503,25 @@ impl Repo {
             tracing::info!("the view left the mount table; exiting");
             std::process::exit(0);
         });
+        // Once the data layer holds the base's files, its image can replace this view at the
+        // machine's next up (restore, fork, rebase). Built here, at idle priority, while the
+        // view serves; the exit above cuts it short when the view goes, leaving only a
+        // directory under `tmp/` that gc sweeps.
+        let filled = view.wait_filled();
+        if filled.whole && self.lower_images {
+            crate::mount::idle_priority();
+            match self.build_lower_image(base.root) {
+                Ok(r) if r.built => tracing::info!(
+                    "lower image of {} built in {} ms ({} files, {} bytes kept whole)",
+                    r.tree,
+                    r.ms,
+                    r.files,
+                    r.bytes
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("could not build the lower image: {e}"),
+            }
+        }
         Ok(view.join()?)
     }
 }
@@ -470,6 +549,9 @@ fn watch_mount_table(present: impl Fn() -> bool) {
         let _ = f.rewind().and_then(|()| f.read_to_end(&mut buf));
     }
 }
+
+/// How an overlay over a lower image is named in the mount table, before its tree's id.
+const IMAGE_SOURCE: &str = "cairn-image:";
 
 /// What is at a machine's `lower/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,7 +24,7 @@
 //! nothing (its files are served by the view again until they are filled anew).
 
 use super::blobs::Blobs;
-use crate::model::{Content, Extent, Node, TreeId};
+use crate::model::{ChunkId, Content, Extent, Node, TreeId};
 use std::collections::HashSet;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -74,6 +74,16 @@ pub(crate) fn eligible(node: &Node) -> Option<&[Extent]> {
     }
 }
 
+/// What one fill of a tree did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filled {
+    pub files: u64,
+    pub bytes: u64,
+    pub failed: u64,
+    /// Every eligible file of the tree has its copy now.
+    pub whole: bool,
+}
+
 impl DataLayer {
     pub fn new(dir: PathBuf) -> DataLayer {
         DataLayer { dir }
@@ -97,6 +107,14 @@ impl DataLayer {
     /// The copy's path inside the layer, as an overlay redirect names it.
     pub(crate) fn redirect(key: &str) -> Vec<u8> {
         format!("/{}/{key}", &key[..2]).into_bytes()
+    }
+
+    /// The overlay attributes, names and values, that send overlayfs to the copy `key`.
+    pub(crate) fn copy_xattrs(key: &str) -> [(Vec<u8>, Vec<u8>); 2] {
+        [
+            (b"trusted.overlay.metacopy".to_vec(), Vec::new()),
+            (b"trusted.overlay.redirect".to_vec(), Self::redirect(key)),
+        ]
     }
 
     /// The overlay attribute `name` of a file whose copy is complete: `metacopy` (empty) and
@@ -169,13 +187,15 @@ impl DataLayer {
         self.path_of(key).is_file()
     }
 
-    /// Writes the copy of a file with `extents`, read through `blobs`. Returns the bytes
-    /// written, 0 when another writer was first.
-    pub(super) fn fill(
+    /// Writes the copy of a file with `extents`, its chunks read through `chunk`. Returns the
+    /// bytes written, 0 when another writer was first. With `replace` the copy takes the place
+    /// of one already there (a repair: readers that opened the old one keep it).
+    pub(crate) fn fill(
         &self,
-        blobs: &Blobs,
+        chunk: &dyn Fn(ChunkId) -> Result<std::sync::Arc<Vec<u8>>, String>,
         key: &str,
         extents: &[Extent],
+        replace: bool,
     ) -> std::io::Result<u64> {
         let tmp_dir = self.dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
@@ -194,7 +214,7 @@ impl DataLayer {
             for x in extents {
                 match x {
                     Extent::Data { id, len } => {
-                        let chunk = blobs.chunk(*id).map_err(std::io::Error::other)?;
+                        let chunk = chunk(*id).map_err(std::io::Error::other)?;
                         if chunk.len() as u64 != *len {
                             return Err(std::io::Error::other(format!(
                                 "chunk {} is {} bytes, its extent says {len}",
@@ -220,13 +240,12 @@ impl DataLayer {
         let done = written.and_then(|size| {
             let at = self.path_of(key);
             std::fs::create_dir_all(at.parent().expect("a copy's path has a parent"))?;
-            match rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &tmp,
-                rustix::fs::CWD,
-                &at,
-                rustix::fs::RenameFlags::NOREPLACE,
-            ) {
+            let flags = if replace {
+                rustix::fs::RenameFlags::empty()
+            } else {
+                rustix::fs::RenameFlags::NOREPLACE
+            };
+            match rustix::fs::renameat_with(rustix::fs::CWD, &tmp, rustix::fs::CWD, &at, flags) {
                 Ok(()) => Ok(size),
                 Err(rustix::io::Errno::EXIST) => Ok(0),
                 Err(e) => Err(e.into()),
@@ -252,26 +271,27 @@ impl DataLayer {
     /// time, read through `blobs`, on an idle thread: idle CPU scheduling and idle I/O
     /// priority, so that a fill never slows the machine or the command that started it.
     /// Stops when the view has gone (`alive` can no longer be upgraded) or the disk runs
-    /// short. Returns the files and bytes written.
-    pub(super) fn fill_tree(&self, blobs: &Blobs, alive: &Weak<Blobs>, top: &Node) -> (u64, u64) {
+    /// short. Returns what it did.
+    pub(super) fn fill_tree(&self, blobs: &Blobs, alive: &Weak<Blobs>, top: &Node) -> Filled {
         idle_thread();
+        let mut done = Filled::default();
         if let Err(e) = self.create() {
             tracing::warn!("data layer {}: {e}", self.dir.display());
-            return (0, 0);
+            return done;
         }
         let mut seen: HashSet<String> = HashSet::new();
         let mut pending: Vec<TreeId> = Vec::new();
-        let (mut files, mut bytes) = (0, 0);
         if let Content::Dir { tree } = top.content {
             pending.push(tree);
         }
+        let chunk = |id| blobs.chunk(id).map_err(|e| e.to_string());
         while let Some(id) = pending.pop() {
             if alive.strong_count() == 0 {
-                break;
+                return done;
             }
             let Ok(tree) = blobs.tree_passing(id) else {
                 tracing::debug!("data layer fill stopped: tree {} unreadable", id.short());
-                break;
+                return done;
             };
             for e in &tree.entries {
                 if let Content::Dir { tree } = e.node.content {
@@ -287,18 +307,22 @@ impl DataLayer {
                 let size: u64 = extents.iter().map(Extent::len).sum();
                 if !self.room_for(size) {
                     tracing::info!("data layer fill stopped: the disk is getting full");
-                    return (files, bytes);
+                    return done;
                 }
-                match self.fill(blobs, &k, extents) {
+                match self.fill(&chunk, &k, extents, false) {
                     Ok(n) => {
-                        files += u64::from(n > 0);
-                        bytes += n;
+                        done.files += u64::from(n > 0);
+                        done.bytes += n;
                     }
-                    Err(e) => tracing::warn!("data layer: copy of {k} failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("data layer: copy of {k} failed: {e}");
+                        done.failed += 1;
+                    }
                 }
             }
         }
-        (files, bytes)
+        done.whole = done.failed == 0;
+        done
     }
 
     /// Removes every copy made before `made_before` whose name is not in `live`, and
@@ -344,7 +368,7 @@ impl DataLayer {
 
 /// Makes the calling thread run only when a CPU is otherwise idle (`SCHED_IDLE`) and do its
 /// I/O in the idle class: a fill yields the CPU and the disk to everything else.
-fn idle_thread() {
+pub(crate) fn idle_thread() {
     // SAFETY: a zeroed sched_param is valid (priority 0, the only one SCHED_IDLE takes); pid
     // 0 is the calling thread.
     let r = unsafe {

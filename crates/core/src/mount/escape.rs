@@ -23,19 +23,19 @@ pub(super) enum Asked<'a> {
 
 /// The escaping of one overlay's attribute prefix.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Escape {
+pub(crate) struct Escape {
     prefix: &'static [u8],
 }
 
 const ESCAPED: &[u8] = b"overlay.";
 
 impl Escape {
-    pub(super) fn new(prefix: &'static [u8]) -> Escape {
+    pub(crate) fn new(prefix: &'static [u8]) -> Escape {
         Escape { prefix }
     }
 
     /// The name the tree's attribute `name` is served under.
-    pub(super) fn served<'a>(&self, name: &'a [u8]) -> Cow<'a, [u8]> {
+    pub(crate) fn served<'a>(&self, name: &'a [u8]) -> Cow<'a, [u8]> {
         match name.strip_prefix(self.prefix) {
             Some(rest) => Cow::Owned([self.prefix, ESCAPED, rest].concat()),
             None => Cow::Borrowed(name),

@@ -21,7 +21,9 @@ mod release;
 mod xattrscan;
 
 pub use data::DataLayer;
+pub(crate) use data::idle_thread as idle_priority;
 pub(crate) use data::{eligible as data_eligible, key as data_key};
+pub(crate) use escape::Escape;
 pub(crate) use mounts::fsname;
 pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
 pub(crate) use mounts::{mount_at, mount_in};
@@ -174,6 +176,14 @@ pub struct MountedView {
     session: Option<fuser::BackgroundSession>,
     requests: Arc<Requests>,
     xattrs: Arc<xattrscan::XattrScan>,
+    filled: Arc<FillState>,
+}
+
+/// The outcome of a view's data layer fill, once it is over (`None` until then).
+#[derive(Default)]
+struct FillState {
+    done: std::sync::Mutex<Option<data::Filled>>,
+    ended: std::sync::Condvar,
 }
 
 /// How many requests of each kind the kernel has sent the view so far. Warm reads of cached
@@ -210,6 +220,20 @@ impl MountedView {
     /// is still being scanned (`None`). See `xattrscan`.
     pub fn xattr_free(&self) -> Option<bool> {
         self.xattrs.result()
+    }
+
+    /// Waits until the view's data layer fill is over and returns what it did (at once, with
+    /// nothing done, for a view without a data layer).
+    pub fn wait_filled(&self) -> data::Filled {
+        let mut done = self.filled.done.lock().unwrap_or_else(|p| p.into_inner());
+        while done.is_none() {
+            done = self
+                .filled
+                .ended
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        done.unwrap_or_default()
     }
 
     /// False once the kernel has ended the connection: after an unmount (from here or outside)
@@ -299,19 +323,28 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
                 source,
             })?;
     }
+    let filled = Arc::new(FillState::default());
+    if fill.is_none() {
+        *filled.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(data::Filled::default());
+    }
     if let Some((layer, reader)) = fill {
         let (alive, top) = (Arc::downgrade(&blobs), spec.top.clone());
+        let state = Arc::clone(&filled);
         std::thread::Builder::new()
             .name("data-fill".to_owned())
             .spawn(move || {
                 let t = std::time::Instant::now();
-                let (files, bytes) = layer.fill_tree(&reader, &alive, &top);
-                if files > 0 {
+                let done = layer.fill_tree(&reader, &alive, &top);
+                if done.files > 0 {
                     tracing::info!(
-                        "data layer: copied {files} files, {bytes} bytes, in {:.1?}",
+                        "data layer: copied {} files, {} bytes, in {:.1?}",
+                        done.files,
+                        done.bytes,
                         t.elapsed()
                     );
                 }
+                *state.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
+                state.ended.notify_all();
             })
             .map_err(|source| MountError::Io {
                 op: "start the data layer fill of",
@@ -367,5 +400,6 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
         session: Some(session),
         requests,
         xattrs,
+        filled,
     })
 }

@@ -36,6 +36,15 @@ fn wait_for_copies(env: &Env, n: usize) -> Vec<std::path::PathBuf> {
     }
 }
 
+/// gc with no grace and no repack: what is unreachable goes now.
+fn gc_at_once() -> crate::engine::gc::GcOptions {
+    crate::engine::gc::GcOptions {
+        grace: Duration::ZERO,
+        repack_below: 0.0,
+        dry_run: false,
+    }
+}
+
 fn create(env: &Env, name: &str, from: &str) -> MountedInfo {
     env.repo
         .create_mounted_machine(
@@ -162,11 +171,7 @@ fn files_are_read_from_their_copies_with_the_views_attributes() {
     env.repo.machine_down("box").unwrap();
 
     // gc keeps copies while a tree holds their file, and removes them after.
-    let opts = crate::engine::gc::GcOptions {
-        grace: Duration::ZERO,
-        repack_below: 0.0,
-        dry_run: false,
-    };
+    let opts = gc_at_once();
     std::thread::sleep(Duration::from_millis(1100)); // copies made before the mark only
     assert_eq!(env.repo.gc(&opts, &NoProgress).unwrap().copies_deleted, 0);
     assert_eq!(copies(&env), made);
@@ -234,7 +239,7 @@ fn a_trees_own_overlay_attributes_are_plain_data_through_the_machine() {
 }
 
 #[test]
-fn check_read_data_rereads_the_copies_and_removes_a_damaged_one() {
+fn check_read_data_rereads_the_copies_and_rewrites_a_damaged_one() {
     let env = Env::new();
     let web = env.path("web");
     let t = TestDir::new(&web);
@@ -270,19 +275,107 @@ fn check_read_data_rereads_the_copies_and_removes_a_damaged_one() {
     let f = &found.findings[0];
     assert!(f.object.starts_with("data layer copy "), "{f:?}");
     assert!(
-        f.problem.contains("differ") && f.problem.contains("removed"),
+        f.problem.contains("differ") && f.problem.contains("rewrote"),
         "{f:?}"
     );
-    assert!(!victim.exists(), "the damaged copy is gone");
+    assert_eq!(
+        std::fs::read(victim).unwrap(),
+        std::fs::read(web.join("a")).unwrap(),
+        "the damaged copy is rewritten in place (lower images name it)"
+    );
+    assert_eq!(
+        std::fs::metadata(victim).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
 
-    // The machine reads the file's own bytes again, through its view until it is refilled.
+    // The machine reads the file's own bytes.
     env.repo.machine_up("box").unwrap();
     assert_eq!(
         std::fs::read(info.at.join("a")).unwrap(),
         std::fs::read(web.join("a")).unwrap()
     );
-    wait_for_copies(&env, 2);
     env.repo.machine_down("box").unwrap();
     let again = env.repo.check(&opts, &NoProgress).unwrap();
     assert!(again.ok() && again.copies == 2, "{again:?}");
+}
+
+#[test]
+fn a_base_with_a_lower_image_is_mounted_over_it_with_every_attribute_and_no_view() {
+    let env = Env::new();
+    let web = env.path("web");
+    let t = TestDir::full(&web);
+    // An attribute overlayfs would act on: the image must keep it plain data.
+    t.xattr(b"usr/share", "trusted.overlay.opaque", b"y");
+    let want = snapshot(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    let info = create(&env, "box", "web@v1");
+    let base = info.base.unwrap();
+    assert_eq!(env.repo.machine_up("box").unwrap().lower, "view");
+    wait_for_copies(&env, dense_contents(&web).len());
+    let built = env.repo.build_lower_image(base).unwrap();
+    assert!(built.built, "{built:?}");
+    assert!(built.bytes > 0, "the sparse file is kept whole: {built:?}");
+    let again = env.repo.build_lower_image(base).unwrap();
+    assert!(!again.built, "an image is built once");
+    // Stubs hold no data (at most a block of attributes): the image is metadata and the
+    // sparse file.
+    let big = built.path.join("usr/lib/big");
+    assert!(std::fs::metadata(&big).unwrap().blocks() * 512 <= 8192);
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 300_000);
+
+    env.repo.machine_down("box").unwrap();
+    let up = env.repo.machine_up("box").unwrap();
+    assert_eq!(up.lower, "image", "{up:?}");
+    let m = env.repo.machine_row("box").unwrap();
+    let lower = env.repo.layout(&m).lower;
+    assert!(
+        crate::mount::mount_at(&lower).unwrap().is_none(),
+        "no view is served"
+    );
+    assert_same(&snapshot(&info.at), &want, "the machine over its image");
+    // Up again finds it up; a second machine of the same base shares the image.
+    assert!(env.repo.machine_up("box").unwrap().already_up);
+    let twin = create(&env, "twin", "web@v1");
+    assert_eq!(env.repo.machine_up("twin").unwrap().lower, "image");
+    assert_same(
+        &snapshot(&twin.at),
+        &want,
+        "a second machine over the image",
+    );
+    env.repo.machine_down("twin").unwrap();
+
+    // Changes over the image land in a checkpoint exactly: new bytes, a metadata-only
+    // copy-up of a copied file, a deletion, a renamed directory.
+    std::fs::write(info.at.join("etc/hostname"), b"changed\n").unwrap();
+    std::fs::set_permissions(
+        info.at.join("usr/lib/big"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::remove_file(info.at.join("cap")).unwrap();
+    std::fs::rename(info.at.join("usr/lib/deep"), info.at.join("usr/lib/moved")).unwrap();
+    let edited = snapshot(&info.at);
+    checkpoint(&env.repo, "box");
+    env.repo.machine_down("box").unwrap();
+    let next = create(&env, "next", "box@v2");
+    assert_eq!(env.repo.machine_up("next").unwrap().lower, "view");
+    assert_same(
+        &snapshot(&next.at),
+        &edited,
+        "the checkpoint taken over the image",
+    );
+    env.repo.machine_down("next").unwrap();
+
+    // gc keeps the image while its tree is reachable and removes it after.
+    let opts = gc_at_once();
+    std::thread::sleep(Duration::from_millis(1100)); // images made before the mark only
+    assert_eq!(env.repo.gc(&opts, &NoProgress).unwrap().images_deleted, 0);
+    assert!(built.path.is_dir());
+    for m in ["next", "twin", "box", "web"] {
+        env.repo.remove_machine(m).unwrap();
+    }
+    let report = env.repo.gc(&opts, &NoProgress).unwrap();
+    assert_eq!(report.images_deleted, 1, "{report:?}");
+    assert!(!built.path.exists());
 }

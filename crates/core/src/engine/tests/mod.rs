@@ -28,6 +28,7 @@ fn repo_as(home: &Path, author: &str, lock_wait: Duration) -> Repo {
         author: author.into(),
         lock_wait,
         lower_server: LowerServer::InProcess,
+        lower_images: true,
     })
     .unwrap()
 }
