@@ -164,6 +164,7 @@ class Bench:
         self.controls = {}  # read step -> [s] through an overlay over the ext4 copy
         self.mismatches = []
         self.data_layer = None  # (copies, bytes) in cairn's data layer at the end
+        self.lowers = []  # per repetition: what the machine's overlay stood on during the reads
         self.notes = []
 
     def cairn(self, *a, timed_call=False, **kw):
@@ -334,6 +335,7 @@ class Bench:
         self.verify(f"btrfs swap {i + 1}", self.live, full=False)
 
         # warm reads of unchanged files: whole tree, then the largest files
+        self.lowers.append(lower_kind(self.box))
         for key, rels in (("read_tree", self.regular), ("read_large", self.largest)):
             dts, sizes = timed_reads([self.ext4, self.box, self.control], rels)
             r[key]["ref"].append(dts[self.ext4])
@@ -430,6 +432,18 @@ class Bench:
 
 # ---------------------------------------------------------------------------- report
 
+def lower_kind(mountpoint):
+    """What the overlay at `mountpoint` stands on: `image` or `view` (`none` if not mounted)."""
+    kind = "none"
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            dash = fields.index(b"-")
+            if fields[4].decode() == mountpoint:
+                kind = "image" if fields[dash + 2].startswith(b"cairn-image:") else "view"
+    return kind
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -514,6 +528,11 @@ def report(args, benches, started):
                          f"(no cairn): {fmt_s(ctl)}, {ext4 / ctl:.2f}× ext4; cairn's view under "
                          f"the overlay reads at {ctl / c:.2f}× that.")
         L.append("")
+        if b.lowers:
+            n = sum(1 for k in b.lowers if k == "image")
+            L.append(f"- the machine's lower during the reads: its base's lower image in {n} of "
+                     f"{len(b.lowers)} repetitions, a FUSE view in the rest (an image is written "
+                     f"once the data layer holds the base's files).")
         if b.data_layer:
             n, size = b.data_layer
             L.append(f"- data layer after the run: {n} copies, {size / (1 << 20):.0f} MiB "

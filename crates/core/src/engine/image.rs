@@ -8,9 +8,9 @@
 //! overlay over a plain directory. So once the data layer holds a copy of each of a tree's
 //! eligible files (`mount::data`), the tree is written out once as an image under
 //! `cache/lowers/<tree id>`: directories, symlinks, devices, fifos, empty and sparse files as
-//! they are, and every file with a copy as a stub (its size and metadata, no blocks) whose
-//! `trusted.overlay.metacopy` and `trusted.overlay.redirect` name the copy, exactly the answers
-//! the view gives. The tree's own overlay attributes are escaped as the view escapes them.
+//! they are, small files (up to `IMAGE_INLINE_MAX`) whole, and every larger file with a copy
+//! as a stub (its size and metadata, no blocks) whose `trusted.overlay.metacopy` and
+//! `trusted.overlay.redirect` name the copy, exactly the answers the view gives. The tree's own overlay attributes are escaped as the view escapes them.
 //! A machine whose base has an image is mounted `lowerdir=IMAGE::DATA` and needs no server.
 //!
 //! **Invariants.** An image is built under `tmp/`, synced (`syncfs`) and only then renamed into
@@ -43,7 +43,7 @@ pub struct ImageReport {
     pub built: bool,
     /// Regular files written: stubs and files kept whole.
     pub files: u64,
-    /// Bytes written for the files without a copy (sparse ones).
+    /// Bytes written for the files kept whole (small, sparse, or without a copy).
     pub bytes: u64,
     pub ms: u64,
 }

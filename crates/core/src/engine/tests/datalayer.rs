@@ -323,6 +323,11 @@ fn a_base_with_a_lower_image_is_mounted_over_it_with_every_attribute_and_no_view
     let big = built.path.join("usr/lib/big");
     assert!(std::fs::metadata(&big).unwrap().blocks() * 512 <= 8192);
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 300_000);
+    // Small files are whole in the image (a stub's own bytes read as zeros).
+    assert_eq!(
+        std::fs::read(built.path.join("etc/hostname")).unwrap(),
+        std::fs::read(web.join("etc/hostname")).unwrap()
+    );
 
     env.repo.machine_down("box").unwrap();
     let up = env.repo.machine_up("box").unwrap();
