@@ -530,9 +530,10 @@ def report(args, benches, started):
         L.append("")
         if b.lowers:
             n = sum(1 for k in b.lowers if k == "image")
-            L.append(f"- the machine's lower during the reads: its base's lower image in {n} of "
-                     f"{len(b.lowers)} repetitions, a FUSE view in the rest (an image is written "
-                     f"once the data layer holds the base's files).")
+            where = ("in every repetition" if n == len(b.lowers) else
+                     f"in {n} of {len(b.lowers)} repetitions, a FUSE view in the rest")
+            L.append(f"- the machine's lower during the reads: its base's lower image {where} "
+                     f"(an image is written once the data layer holds the base's files).")
         if b.data_layer:
             n, size = b.data_layer
             L.append(f"- data layer after the run: {n} copies, {size / (1 << 20):.0f} MiB "
