@@ -166,9 +166,16 @@ impl Repo {
                 base,
             },
         )?;
-        Ok(self
-            .catalog
-            .insert_machine(&uid, name, dir, kind, created_at)?)
+        let insert =
+            |c: &crate::catalog::Catalog| c.insert_machine(&uid, name, dir, kind, created_at);
+        // A mounted machine's row has no base until the commit that completes it, which is
+        // synced and makes this one durable too; a power cut before that leaves what a crash
+        // there leaves today, a manifest of a machine no catalog row names.
+        Ok(if kind == MachineKind::Mounted {
+            self.catalog.without_fsync(insert)?
+        } else {
+            insert(&self.catalog)?
+        })
     }
 
     /// An existing directory to track in place.

@@ -119,7 +119,10 @@ impl Repo {
         let mut catalog = Catalog::open(&db)?;
         let mut skipped = Vec::new();
         let packs = store.list_packs()?;
-        let machines: Vec<MachineManifest> = manifests(&store, "machines/", &mut skipped)?;
+        let mut machines: Vec<MachineManifest> = manifests(&store, "machines/", &mut skipped)?;
+        // Newest first: a create cut short by a crash can leave a manifest whose name a later
+        // create took; the later one is the machine.
+        machines.sort_by_key(|m| std::cmp::Reverse(m.created_at));
         let mut cps: Vec<CheckpointManifest> = manifests(&store, "checkpoints/", &mut skipped)?;
         // Parents are older than their children, so creation order inserts parents first.
         cps.sort_by_key(|c| (c.created_at, c.version));
@@ -161,7 +164,16 @@ impl Repo {
                     MachineKind::Dir
                 };
                 let dir = PathBuf::from(OsString::from_vec(m.dir.clone()));
-                let row = cat.insert_machine(&m.uid, &m.name, &dir, kind, m.created_at)?;
+                let row = match cat.insert_machine(&m.uid, &m.name, &dir, kind, m.created_at) {
+                    Err(crate::catalog::CatalogError::MachineExists { .. }) => {
+                        skipped.push(format!(
+                            "machine manifest {}: a newer machine is named {}",
+                            m.uid, m.name
+                        ));
+                        continue;
+                    }
+                    other => other?,
+                };
                 if let Some(base) = &m.base {
                     cat.set_base(row.id, base, None, None)?;
                 }
@@ -273,8 +285,31 @@ mod tests {
             vec!["web@v1".to_owned(), "web@v2".to_owned()]
         );
 
+        // A create cut short before its row was durable left an older manifest of the name.
+        let store = open_store(&opts).unwrap();
+        crate::engine::manifest::put_machine(
+            &store,
+            &crate::engine::manifest::MachineManifest {
+                format: crate::engine::manifest::FORMAT,
+                uid: "0".repeat(32),
+                name: "web".into(),
+                dir: b"/nowhere".to_vec(),
+                kind: "mounted".into(),
+                created_at: 1,
+                base: None,
+            },
+        )
+        .unwrap();
+
         let rebuilt = Repo::rebuild_catalog(&opts).unwrap();
         assert_eq!((rebuilt.machines, rebuilt.checkpoints), (1, 2));
+        assert_eq!(
+            rebuilt.skipped,
+            vec![format!(
+                "machine manifest {}: a newer machine is named web",
+                "0".repeat(32)
+            )]
+        );
         assert!(rebuilt.moved_aside.is_some());
         let repo = Repo::open(&opts).unwrap();
         assert!(repo.check(&Default::default(), &NoProgress).unwrap().ok());
