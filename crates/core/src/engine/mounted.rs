@@ -165,6 +165,11 @@ impl Repo {
                 }
                 None => None,
             };
+            // A new machine's state directory is itself a new entry of the home's `machines/`.
+            self.sync_state(&m)?;
+            if let Some(parent) = self.layout(&m).state.parent() {
+                fsync_dir(parent)?;
+            }
             self.catalog
                 .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
             if opts.from_tar.is_some() {
@@ -284,7 +289,8 @@ impl Repo {
     }
 
     /// Makes an empty upper (and work) directory whose root carries the base root's metadata,
-    /// which the overlay shows as the machine directory's own.
+    /// which the overlay shows as the machine directory's own. Not yet durable: the caller
+    /// syncs the state directory (`sync_state`) before its catalog commit.
     fn fresh_upper(&self, m: &MachineRow, base: &Base) -> Result<()> {
         let l = self.layout(m);
         // A view left at `lower/` by a server that died fails every access, `lower/` itself
@@ -315,8 +321,12 @@ impl Repo {
             rename(&l.upper, &old)?;
         }
         rename(&tmp, &l.upper)?;
-        fsync_dir(&l.state)?;
         Ok(())
+    }
+
+    /// Makes what `fresh_upper` did durable.
+    fn sync_state(&self, m: &MachineRow) -> Result<()> {
+        fsync_dir(&self.layout(m).state)
     }
 
     /// Rewrites the machine manifest with its new base, so a rebuilt catalog knows it.
@@ -483,6 +493,7 @@ impl Repo {
         let base = Self::base_of(target);
         self.fresh_upper(m, &base)?;
         self.put_base_manifest(m, &base)?;
+        self.sync_state(m)?;
         self.catalog.set_base(m.id, &base, Some(target.id), None)?;
         let _ = std::fs::remove_file(self.machine_state_dir(&m.uid).join("statcache"));
         self.sweep_state(m);
