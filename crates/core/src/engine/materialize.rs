@@ -82,7 +82,7 @@ impl Stubs<'_> {
 }
 
 /// The largest file a lower image holds whole rather than as a stub (see `Stubs`).
-pub(crate) const IMAGE_INLINE_MAX: u64 = 32 * 1024;
+pub(crate) const IMAGE_INLINE_MAX: u64 = crate::mount::DATA_LARGE_FIRST;
 
 /// A file whose content phase 2 writes.
 struct FileJob {

@@ -503,11 +503,12 @@ impl Repo {
             tracing::info!("the view left the mount table; exiting");
             std::process::exit(0);
         });
-        // Once the data layer holds the base's files, its image can replace this view at the
-        // machine's next up (restore, fork, rebase). Built here, at idle priority, while the
-        // view serves; the exit above cuts it short when the view goes, leaving only a
-        // directory under `tmp/` that gc sweeps.
-        let filled = view.wait_filled();
+        // Once the data layer holds the base's large files (the fill copies them first), its
+        // image can replace this view at the machine's next up (restore, fork, rebase). Built
+        // here, at idle priority, while the view serves and the fill goes on with the small
+        // files; the exit above cuts it short when the view goes, leaving only a directory
+        // under `tmp/` that gc sweeps.
+        let filled = view.wait_large_filled();
         if filled.whole && self.lower_images {
             crate::mount::idle_priority();
             match self.build_lower_image(base.root) {

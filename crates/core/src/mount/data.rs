@@ -74,6 +74,10 @@ pub(crate) fn eligible(node: &Node) -> Option<&[Extent]> {
     }
 }
 
+/// The size above which a fill copies a file in its first pass, and a lower image names the
+/// copy instead of holding the file whole (`engine::materialize::Stubs`).
+pub(crate) const LARGE_FIRST: u64 = 32 * 1024;
+
 /// What one fill of a tree did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Filled {
@@ -270,16 +274,47 @@ impl DataLayer {
     /// Copies every eligible file of the tree below `top` that has no copy yet, one at a
     /// time, read through `blobs`, on an idle thread: idle CPU scheduling and idle I/O
     /// priority, so that a fill never slows the machine or the command that started it.
-    /// Stops when the view has gone (`alive` can no longer be upgraded) or the disk runs
-    /// short. Returns what it did.
-    pub(super) fn fill_tree(&self, blobs: &Blobs, alive: &Weak<Blobs>, top: &Node) -> Filled {
+    /// Files larger than `LARGE_FIRST` go first, in a pass of their own whose outcome
+    /// `large_done` receives: a lower image needs copies of only those. Stops when the view
+    /// has gone (`alive` can no longer be upgraded) or the disk runs short. Returns what the
+    /// whole fill did.
+    pub(super) fn fill_tree(
+        &self,
+        blobs: &Blobs,
+        alive: &Weak<Blobs>,
+        top: &Node,
+        large_done: impl FnOnce(Filled),
+    ) -> Filled {
         idle_thread();
         let mut done = Filled::default();
         if let Err(e) = self.create() {
             tracing::warn!("data layer {}: {e}", self.dir.display());
+            large_done(done);
             return done;
         }
         let mut seen: HashSet<String> = HashSet::new();
+        let complete = self.fill_pass(blobs, alive, top, true, &mut seen, &mut done);
+        large_done(Filled {
+            whole: complete && done.failed == 0,
+            ..done
+        });
+        if complete && self.fill_pass(blobs, alive, top, false, &mut seen, &mut done) {
+            done.whole = done.failed == 0;
+        }
+        done
+    }
+
+    /// One walk of the tree copying the eligible files larger than `LARGE_FIRST` (`large`)
+    /// or the others; false if it stopped short.
+    fn fill_pass(
+        &self,
+        blobs: &Blobs,
+        alive: &Weak<Blobs>,
+        top: &Node,
+        large: bool,
+        seen: &mut HashSet<String>,
+        done: &mut Filled,
+    ) -> bool {
         let mut pending: Vec<TreeId> = Vec::new();
         if let Content::Dir { tree } = top.content {
             pending.push(tree);
@@ -287,11 +322,11 @@ impl DataLayer {
         let chunk = |id| blobs.chunk(id).map_err(|e| e.to_string());
         while let Some(id) = pending.pop() {
             if alive.strong_count() == 0 {
-                return done;
+                return false;
             }
             let Ok(tree) = blobs.tree_passing(id) else {
                 tracing::debug!("data layer fill stopped: tree {} unreadable", id.short());
-                return done;
+                return false;
             };
             for e in &tree.entries {
                 if let Content::Dir { tree } = e.node.content {
@@ -300,14 +335,17 @@ impl DataLayer {
                 let Some(extents) = eligible(&e.node) else {
                     continue;
                 };
+                let size: u64 = extents.iter().map(Extent::len).sum();
+                if (size > LARGE_FIRST) != large {
+                    continue;
+                }
                 let k = key(extents);
                 if !seen.insert(k.clone()) || self.holds(&k) {
                     continue;
                 }
-                let size: u64 = extents.iter().map(Extent::len).sum();
                 if !self.room_for(size) {
                     tracing::info!("data layer fill stopped: the disk is getting full");
-                    return done;
+                    return false;
                 }
                 match self.fill(&chunk, &k, extents, false) {
                     Ok(n) => {
@@ -321,8 +359,7 @@ impl DataLayer {
                 }
             }
         }
-        done.whole = done.failed == 0;
-        done
+        true
     }
 
     /// Removes every copy made before `made_before` whose name is not in `live`, and

@@ -384,3 +384,30 @@ fn a_base_with_a_lower_image_is_mounted_over_it_with_every_attribute_and_no_view
     assert_eq!(report.images_deleted, 1, "{report:?}");
     assert!(!built.path.exists());
 }
+
+/// A fill copies the files a lower image names (those over `DATA_LARGE_FIRST`) before the
+/// ones an image holds whole, so the image can be built before the whole fill is over.
+#[test]
+fn the_fill_copies_the_large_files_first() {
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    adopt(&env.repo, "web", &web);
+    checkpoint(&env.repo, "web");
+    create(&env, "box", "web@v1");
+    env.repo.machine_up("box").unwrap();
+    let all = wait_for_copies(&env, dense_contents(&web).len());
+    let (large, small): (Vec<_>, Vec<_>) = all
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap())
+        .partition(|m| m.len() > crate::mount::DATA_LARGE_FIRST);
+    assert!(!large.is_empty() && !small.is_empty(), "{all:?}");
+    let written = |m: &std::fs::Metadata| (m.mtime(), m.mtime_nsec());
+    let last_large = large.iter().map(written).max().unwrap();
+    let first_small = small.iter().map(written).min().unwrap();
+    assert!(
+        last_large <= first_small,
+        "a small file was copied before a large one"
+    );
+    env.repo.machine_down("box").unwrap();
+}
