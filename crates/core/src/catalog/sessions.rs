@@ -6,39 +6,29 @@ use rusqlite::params;
 
 impl Catalog {
     /// Registers a writer session and returns its id, for [`Catalog::end_session`].
+    /// Session rows are committed without an fsync (`without_fsync`): they mean nothing after
+    /// power loss, since a session names a live process and power loss ends them all.
     pub fn begin_session(&self, pid: u32, started_at: i64, op: &str) -> Result<i64, CatalogError> {
-        self.unsynced(|conn| {
-            conn.execute(
-                "INSERT INTO sessions (pid, started_at, op) VALUES (?1, ?2, ?3)",
-                params![pid, started_at, op],
-            )
-        })
-        .ctx("register a writer session")?;
+        self.without_fsync(|c| {
+            c.conn
+                .execute(
+                    "INSERT INTO sessions (pid, started_at, op) VALUES (?1, ?2, ?3)",
+                    params![pid, started_at, op],
+                )
+                .ctx("register a writer session")
+        })?;
         Ok(self.conn.last_insert_rowid())
     }
 
     /// Ends a session. Ending one that is already gone is a no-op: gc may have cleared it as
     /// stale, and the writer's cleanup must not fail because of that.
     pub fn end_session(&self, id: i64) -> Result<(), CatalogError> {
-        self.unsynced(|conn| conn.execute("DELETE FROM sessions WHERE id = ?1", [id]))
-            .ctx("end a writer session")?;
+        self.without_fsync(|c| {
+            c.conn
+                .execute("DELETE FROM sessions WHERE id = ?1", [id])
+                .ctx("end a writer session")
+        })?;
         Ok(())
-    }
-
-    /// Runs one autocommit statement with `synchronous=NORMAL`: committed and visible to every
-    /// other connection at once, but not fsynced (the next synced commit, or SQLite's own
-    /// checkpoint, makes it durable). Only for rows that mean nothing after power loss:
-    /// a session names a live process, and power loss ends them all.
-    fn unsynced<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = f(&self.conn);
-        let restored = self.conn.pragma_update(None, "synchronous", "FULL");
-        let value = result?;
-        restored?;
-        Ok(value)
     }
 
     /// Sessions in flight, oldest first.

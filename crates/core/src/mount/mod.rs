@@ -181,31 +181,18 @@ pub struct MountedView {
     filled: Arc<FillState>,
 }
 
-/// How far a view's data layer fill is: what its pass over the large files did, then what the
-/// whole fill did (each `None` until that part is over).
+/// What a view's data layer fill did in its pass over the large files, once that pass is over
+/// (`None` until then).
 #[derive(Default)]
 struct FillState {
-    done: std::sync::Mutex<(Option<data::Filled>, Option<data::Filled>)>,
+    done: std::sync::Mutex<Option<data::Filled>>,
     ended: std::sync::Condvar,
 }
 
 impl FillState {
-    fn set(&self, f: impl FnOnce(&mut (Option<data::Filled>, Option<data::Filled>))) {
-        f(&mut self.done.lock().unwrap_or_else(|p| p.into_inner()));
+    fn set(&self, filled: data::Filled) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(filled);
         self.ended.notify_all();
-    }
-
-    fn wait<T>(
-        &self,
-        part: impl Fn(&(Option<data::Filled>, Option<data::Filled>)) -> Option<T>,
-    ) -> T {
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(v) = part(&done) {
-                return v;
-            }
-            done = self.ended.wait(done).unwrap_or_else(|p| p.into_inner());
-        }
     }
 }
 
@@ -245,17 +232,20 @@ impl MountedView {
         self.xattrs.result()
     }
 
-    /// Waits until the view's data layer fill is over and returns what it did (at once, with
-    /// nothing done, for a view without a data layer).
-    pub fn wait_filled(&self) -> data::Filled {
-        self.filled.wait(|d| d.1)
-    }
-
-    /// Waits until the fill has copied every eligible file larger than
-    /// `data::LARGE_FIRST` (it copies those first) and returns what that pass did. A lower
-    /// image holds the smaller files whole, so it can be built from here on.
+    /// Waits until the view's data layer fill has copied every eligible file larger than
+    /// `data::LARGE_FIRST` (it copies those first) and returns what that pass did (at once,
+    /// with nothing done, for a view without a data layer). A lower image holds the smaller
+    /// files whole, so it can be built from here on.
     pub fn wait_large_filled(&self) -> data::Filled {
-        self.filled.wait(|d| d.0.or(d.1))
+        let mut done = self.filled.done.lock().unwrap_or_else(|p| p.into_inner());
+        while done.is_none() {
+            done = self
+                .filled
+                .ended
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        done.unwrap_or_default()
     }
 
     /// False once the kernel has ended the connection: after an unmount (from here or outside)
@@ -347,7 +337,7 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
     }
     let filled = Arc::new(FillState::default());
     if fill.is_none() {
-        filled.set(|d| *d = (Some(data::Filled::default()), Some(data::Filled::default())));
+        filled.set(data::Filled::default());
     }
     if let Some((layer, reader)) = fill {
         let (alive, top) = (Arc::downgrade(&blobs), spec.top.clone());
@@ -356,9 +346,7 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
             .name("data-fill".to_owned())
             .spawn(move || {
                 let t = std::time::Instant::now();
-                let done = layer.fill_tree(&reader, &alive, &top, |large| {
-                    state.set(|d| d.0 = Some(large));
-                });
+                let done = layer.fill_tree(&reader, &alive, &top, |large| state.set(large));
                 if done.files > 0 {
                     tracing::info!(
                         "data layer: copied {} files, {} bytes, in {:.1?}",
@@ -367,7 +355,6 @@ pub(crate) fn serve(spec: ViewSpec, mountpoint: &Path, opts: &MountOptions) -> R
                         t.elapsed()
                     );
                 }
-                state.set(|d| d.1 = Some(done));
             })
             .map_err(|source| MountError::Io {
                 op: "start the data layer fill of",
