@@ -6,11 +6,12 @@
 //! its layers can (`d_revalidate`), and FUSE always can. Over a local file system it never
 //! does. That walk is most of what a machine's warm reads of small files cost beyond an
 //! overlay over a plain directory. So once the data layer holds a copy of each of a tree's
-//! eligible files (`mount::data`), the tree is written out once as an image under
+//! large eligible files (`mount::data`, which copies those first), the tree is written out once as an image under
 //! `cache/lowers/<tree id>`: directories, symlinks, devices, fifos, empty and sparse files as
-//! they are, small files (up to `IMAGE_INLINE_MAX`) whole, and every larger file with a copy
-//! as a stub (its size and metadata, no blocks) whose `trusted.overlay.metacopy` and
-//! `trusted.overlay.redirect` name the copy, exactly the answers the view gives. The tree's own overlay attributes are escaped as the view escapes them.
+//! they are, small files (not `mount::data_large`) whole, and every larger file with a
+//! copy as a stub (its size and metadata, no blocks) whose `trusted.overlay.metacopy` and
+//! `trusted.overlay.redirect` name the copy, exactly the answers the view gives. The tree's
+//! own overlay attributes are escaped as the view escapes them.
 //! A machine whose base has an image is mounted `lowerdir=IMAGE::DATA` and needs no server.
 //!
 //! **Invariants.** An image is built under `tmp/`, synced (`syncfs`) and only then renamed into

@@ -43,8 +43,8 @@ pub(crate) struct Applied {
 /// metadata-only stub naming its copy, and the tree's own overlay attributes are escaped, as
 /// a lower view serves them.
 ///
-/// Files up to `IMAGE_INLINE_MAX` bytes are written whole instead. Overlayfs pays for a
-/// metacopy stub on every open and stat (its data is a second inode to find and stat), a cost
+/// Files of 32 KiB or less (not `mount::data_large`) are written whole instead. Overlayfs
+/// pays for a metacopy stub on every open and stat (its data is a second inode to find and stat), a cost
 /// that only shows where opens dominate, on small files; measured on a Debian root filesystem,
 /// stubs for every file read the whole tree about 5% slower than whole files, and inlining the
 /// files up to 32 KiB (nearly nine in ten of them, an eighth of the bytes) closes the gap while
@@ -72,17 +72,14 @@ impl Stubs<'_> {
         out
     }
 
-    /// The copy a file's stub names: only for a file larger than `IMAGE_INLINE_MAX` whose copy
+    /// The copy a file's stub names: only for a large file (`mount::data_large`) whose copy
     /// the data layer holds. Smaller ones are written whole.
     fn copy(&self, node: &Node) -> Option<String> {
-        let big = matches!(node.content, Content::File { size, .. } if size > IMAGE_INLINE_MAX);
-        let key = crate::mount::data_key(crate::mount::data_eligible(node).filter(|_| big)?);
+        let extents = crate::mount::data_eligible(node).filter(|x| crate::mount::data_large(x))?;
+        let key = crate::mount::data_key(extents);
         self.data.holds(&key).then_some(key)
     }
 }
-
-/// The largest file a lower image holds whole rather than as a stub (see `Stubs`).
-pub(crate) const IMAGE_INLINE_MAX: u64 = crate::mount::DATA_LARGE_FIRST;
 
 /// A file whose content phase 2 writes.
 struct FileJob {

@@ -78,6 +78,12 @@ pub(crate) fn eligible(node: &Node) -> Option<&[Extent]> {
 /// copy instead of holding the file whole (`engine::materialize::Stubs`).
 pub(crate) const LARGE_FIRST: u64 = 32 * 1024;
 
+/// Whether an eligible file is over `LARGE_FIRST`: copied in a fill's first pass, and named
+/// by a lower image's stub rather than held whole in it.
+pub(crate) fn large(extents: &[Extent]) -> bool {
+    extents.iter().map(Extent::len).sum::<u64>() > LARGE_FIRST
+}
+
 /// What one fill of a tree did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Filled {
@@ -335,10 +341,10 @@ impl DataLayer {
                 let Some(extents) = eligible(&e.node) else {
                     continue;
                 };
-                let size: u64 = extents.iter().map(Extent::len).sum();
-                if (size > LARGE_FIRST) != large {
+                if self::large(extents) != large {
                     continue;
                 }
+                let size: u64 = extents.iter().map(Extent::len).sum();
                 let k = key(extents);
                 if !seen.insert(k.clone()) || self.holds(&k) {
                     continue;

@@ -21,10 +21,10 @@ mod release;
 mod xattrscan;
 
 pub use data::DataLayer;
+#[cfg(test)]
+pub(crate) use data::LARGE_FIRST as DATA_LARGE_FIRST;
 pub(crate) use data::idle_thread as idle_priority;
-pub(crate) use data::{
-    LARGE_FIRST as DATA_LARGE_FIRST, eligible as data_eligible, key as data_key,
-};
+pub(crate) use data::{eligible as data_eligible, key as data_key, large as data_large};
 pub(crate) use escape::Escape;
 pub(crate) use mounts::fsname;
 pub use mounts::{UnmountReport, detach, detach_all_below, mounts_below, unmount};
