@@ -330,7 +330,24 @@ impl Layers {
         }
         up.src.seed(self.trees.clone());
         let mut groups = Groups::default();
-        self.collect(up.src, top, &[], Some(&[]), false, &mut groups)?;
+        // A directory made in the upper holds only upper entries, except where a directory
+        // moved into it (a redirect) brings a base subtree along: the walk enters an upper
+        // directory only on the way to one of those.
+        let mut leads_to_moved = HashSet::new();
+        for moved in self.moved.keys() {
+            let mut p = moved.as_slice();
+            while let Some(i) = p.iter().rposition(|&b| b == b'/') {
+                p = &p[..i];
+                if !leads_to_moved.insert(p.to_vec()) {
+                    break;
+                }
+            }
+        }
+        let walk = Collect {
+            src: up.src,
+            leads_to_moved: &leads_to_moved,
+        };
+        self.collect(&walk, top, &[], Some(&[]), false, &mut groups)?;
         let base_top = root_node(up.src, up.root)?;
         let mut changes: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
         for (key, members) in groups.members {
@@ -399,22 +416,25 @@ impl Layers {
     /// `path` lies in the base (another path when a redirect moved it), if it has a lower.
     fn collect(
         &self,
-        src: &BlobSource<'_>,
+        walk: &Collect<'_, '_>,
         tree: TreeId,
         path: &[u8],
         base_path: Option<&[u8]>,
         all_base: bool,
         groups: &mut Groups,
     ) -> Result<()> {
-        let t = src.tree(tree)?;
+        let t = walk.src.tree(tree)?;
         for e in &t.entries {
             let p = join_path(path, &e.name);
-            let base_derived = all_base || !(self.merged.contains(&p) || self.upper.contains(&p));
-            if !all_base && self.upper.contains(&p) {
+            let from_upper = !all_base && self.upper.contains(&p);
+            let base_derived = all_base || !(self.merged.contains(&p) || from_upper);
+            if from_upper && !walk.leads_to_moved.contains(&p) {
                 continue;
             }
             let bp = match self.moved.get(&p) {
                 Some(moved) if !all_base => Some(moved.clone()),
+                // An upper entry has no lower; what it holds of the base came by a redirect.
+                _ if from_upper => None,
                 _ => base_path.map(|b| join_path(b, &e.name)),
             };
             if base_derived {
@@ -427,11 +447,18 @@ impl Layers {
                 }
             }
             if let Content::Dir { tree } = e.node.content {
-                self.collect(src, tree, &p, bp.as_deref(), base_derived, groups)?;
+                self.collect(walk, tree, &p, bp.as_deref(), base_derived, groups)?;
             }
         }
         Ok(())
     }
+}
+
+/// What the walk that collects hardlink groups reads: the trees, and the upper directories on
+/// the way to a moved one.
+struct Collect<'a, 's> {
+    src: &'a BlobSource<'s>,
+    leads_to_moved: &'a HashSet<Vec<u8>>,
 }
 
 /// Visible members of one group: (path, node) in tree order.

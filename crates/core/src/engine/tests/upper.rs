@@ -574,6 +574,26 @@ fn redirected_directories_and_metadata_only_copy_ups_land_exactly() {
 }
 
 #[test]
+fn a_hardlink_in_a_directory_moved_into_a_new_directory_stays_in_its_group() {
+    // Found by the random test: the leader (etc/passwd) is copied up by a chmod, and
+    // usr/share, holding a follower, moves into a directory made in the upper. The regrouping
+    // walk skipped every upper directory, so it missed the follower there and left it naming
+    // the lost leader.
+    full_upper_matches_merged(
+        |ov| {
+            std::fs::set_permissions(
+                ov.path("etc/passwd"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            std::fs::create_dir(ov.path("usr/new")).unwrap();
+            std::fs::rename(ov.path("usr/share"), ov.path("usr/new/share")).unwrap();
+        },
+        Overlay::mount_metacopy,
+    );
+}
+
+#[test]
 fn a_hardlink_leader_moved_with_its_directory_is_counted_once() {
     // `etc` (holding the leader, etc/passwd) moves after its followers in tree order: the
     // first visible member leads now, and the leader's bytes were already counted where the
