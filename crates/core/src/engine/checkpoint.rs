@@ -254,9 +254,30 @@ impl Repo {
         audit: Option<CommitAudit>,
     ) -> Result<CheckpointRow> {
         // The machine lock is held, so nobody else assigns this machine's next version.
-        let version = m.next_version;
-        let created_at = now_ns();
-        let parent_key = match parent {
+        let man = self.checkpoint_manifest(
+            &m.uid,
+            m.next_version,
+            root,
+            opts,
+            parent,
+            (logical_bytes, entries),
+        )?;
+        manifest::put_checkpoint(&self.store, &man)?;
+        self.commit_row(m, &man, parent, added_bytes, audit)
+    }
+
+    /// The manifest of checkpoint `version` of the machine `machine_uid`, as `commit` writes it
+    /// before the row; `totals` is (logical bytes, entries).
+    pub(crate) fn checkpoint_manifest(
+        &self,
+        machine_uid: &str,
+        version: u64,
+        root: &TreeId,
+        opts: &CheckpointOptions,
+        parent: Option<&CheckpointRow>,
+        totals: (u64, u64),
+    ) -> Result<CheckpointManifest> {
+        let parent = match parent {
             Some(p) => Some((
                 self.catalog
                     .machine_by_id(p.machine_id)?
@@ -266,37 +287,46 @@ impl Repo {
             )),
             None => None,
         };
-        manifest::put_checkpoint(
-            &self.store,
-            &CheckpointManifest {
-                format: manifest::FORMAT,
-                machine_uid: m.uid.clone(),
-                version,
-                name: opts.name.clone(),
-                note: opts.note.clone(),
-                author: self.author.clone(),
-                created_at,
-                parent: parent_key,
-                root: *root,
-                logical_bytes,
-                entries,
-                auto: opts.auto,
-            },
-        )?;
+        Ok(CheckpointManifest {
+            format: manifest::FORMAT,
+            machine_uid: machine_uid.to_owned(),
+            version,
+            name: opts.name.clone(),
+            note: opts.note.clone(),
+            author: self.author.clone(),
+            created_at: now_ns(),
+            parent,
+            root: *root,
+            logical_bytes: totals.0,
+            entries: totals.1,
+            auto: opts.auto,
+        })
+    }
+
+    /// Step 3 of the commit protocol: the row of checkpoint `man`, whose manifest is durable,
+    /// and the machine's head, with the audit row if one is given (one fsync for both).
+    pub(crate) fn commit_row(
+        &self,
+        m: &MachineRow,
+        man: &CheckpointManifest,
+        parent: Option<&CheckpointRow>,
+        added_bytes: u64,
+        audit: Option<CommitAudit>,
+    ) -> Result<CheckpointRow> {
         let new = NewCheckpoint {
             machine_id: m.id,
-            name: opts.name.as_deref(),
-            note: &opts.note,
-            author: &self.author,
-            created_at,
+            name: man.name.as_deref(),
+            note: &man.note,
+            author: &man.author,
+            created_at: man.created_at,
             parent: parent.map(|p| p.id),
-            root: *root,
-            logical_bytes,
+            root: man.root,
+            logical_bytes: man.logical_bytes,
             stored_bytes: 0,
             added_bytes,
-            entries,
-            auto: opts.auto,
-            version: Some(version),
+            entries: man.entries,
+            auto: man.auto,
+            version: Some(man.version),
         };
         let Some(audit) = audit else {
             return Ok(self.catalog.commit_checkpoint(&new)?);

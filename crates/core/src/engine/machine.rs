@@ -142,9 +142,7 @@ impl Repo {
         self.register_machine_kind(name, dir, MachineKind::Dir, None)
     }
 
-    /// Adds the catalog row and manifest of a new machine of `kind`. A mounted machine's
-    /// manifest carries its base from the start, so it is written once; the catalog row gets
-    /// the base only when the machine is complete (see `unfinished_create`).
+    /// Adds the manifest (durable first) and the catalog row of a new machine of `kind`.
     pub(crate) fn register_machine_kind(
         &self,
         name: &str,
@@ -152,25 +150,24 @@ impl Repo {
         kind: MachineKind,
         base: Option<crate::catalog::Base>,
     ) -> Result<MachineRow> {
-        let uid = manifest::new_uid();
-        let created_at = now_ns();
-        manifest::put_machine(
-            &self.store,
-            &MachineManifest {
-                format: manifest::FORMAT,
-                uid: uid.clone(),
-                name: name.to_owned(),
-                dir: dir.as_os_str().as_encoded_bytes().to_vec(),
-                kind: kind.as_str().to_owned(),
-                created_at,
-                base,
-            },
-        )?;
-        let insert =
-            |c: &crate::catalog::Catalog| c.insert_machine(&uid, name, dir, kind, created_at);
-        // A mounted machine's row has no base until the commit that completes it, which is
-        // synced and makes this one durable too; a power cut before that leaves what a crash
-        // there leaves today, a manifest of a machine no catalog row names.
+        let man = new_machine_manifest(name, dir, kind, base);
+        manifest::put_machine(&self.store, &man)?;
+        self.insert_machine_row(&man, dir, kind)
+    }
+
+    /// Inserts the catalog row of the machine `man` describes. A mounted machine's row has no
+    /// base until the commit that completes it, which is synced and makes this one durable
+    /// too: so it is committed without an fsync, and a power cut before that completing commit
+    /// leaves what a crash there leaves, a machine no catalog row names, or an unfinished one.
+    pub(crate) fn insert_machine_row(
+        &self,
+        man: &MachineManifest,
+        dir: &Path,
+        kind: MachineKind,
+    ) -> Result<MachineRow> {
+        let insert = |c: &crate::catalog::Catalog| {
+            c.insert_machine(&man.uid, &man.name, dir, kind, man.created_at)
+        };
         Ok(if kind == MachineKind::Mounted {
             self.catalog.without_fsync(insert)?
         } else {
@@ -366,6 +363,11 @@ impl Repo {
             self.store
                 .delete_object(&manifest::checkpoint_key(&m.uid, c.version))?;
         }
+        if super::mounted::unfinished_create(m) {
+            // A fork writes v1's manifest beside the machine's, before either row names it.
+            self.store
+                .delete_object(&manifest::checkpoint_key(&m.uid, 1))?;
+        }
         self.store.delete_object(&manifest::machine_key(&m.uid))?;
         self.catalog.delete_machine(m.id)?;
         let state = self.machine_state_dir(&m.uid);
@@ -415,5 +417,25 @@ impl<R: std::io::Read> std::io::Read for ProgressRead<'_, R> {
         let n = self.inner.read(buf)?;
         self.progress.advance(n as u64);
         Ok(n)
+    }
+}
+
+/// The manifest of a new machine, with a fresh uid. A mounted machine's carries its base from
+/// the start, so it is written once; the catalog row gets the base only when the machine is
+/// complete (see `unfinished_create`).
+pub(crate) fn new_machine_manifest(
+    name: &str,
+    dir: &Path,
+    kind: MachineKind,
+    base: Option<crate::catalog::Base>,
+) -> MachineManifest {
+    MachineManifest {
+        format: manifest::FORMAT,
+        uid: manifest::new_uid(),
+        name: name.to_owned(),
+        dir: dir.as_os_str().as_encoded_bytes().to_vec(),
+        kind: kind.as_str().to_owned(),
+        created_at: now_ns(),
+        base,
     }
 }

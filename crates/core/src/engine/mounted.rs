@@ -28,7 +28,8 @@
 //! up for it (the journal says so) and down again after; a crash is completed the same way.
 
 use super::checkpoint::CheckpointOptions;
-use super::machine::clone_err;
+use super::machine::{clone_err, new_machine_manifest};
+use super::manifest::{CheckpointManifest, MachineManifest};
 use super::restore::{RestoreReport, ViewRestore, root_entry};
 use super::{EngineError, Phase, Progress, Repo, Result, now_ns};
 use crate::catalog::{Base, CheckpointRow, MachineKind, MachineRow};
@@ -154,28 +155,40 @@ impl Repo {
             Some((_, c)) => Self::base_of(c),
             None => self.empty_base()?,
         };
-        let m = self.register_machine_kind(&opts.name, &at, MachineKind::Mounted, Some(base))?;
-        self.fresh_upper(&m, &base)?;
+        let man = new_machine_manifest(&opts.name, &at, MachineKind::Mounted, Some(base));
+        let v1 = match &source {
+            Some((src_m, c)) => {
+                let note = format!("created from {}@v{}", src_m.name, c.version);
+                let opts = CheckpointOptions {
+                    name: None,
+                    note,
+                    auto: false,
+                };
+                let totals = (c.logical_bytes, c.entries);
+                Some(self.checkpoint_manifest(&man.uid, 1, &c.root, &opts, Some(c), totals)?)
+            }
+            None => None,
+        };
+        let m = self.prepare_mounted(&man, &at, v1.as_ref(), &base)?;
         // v1, the base and (unless an import follows) the audit row land in one commit.
         let created = self.catalog.batch(|| {
-            let head = match &source {
-                Some((src_m, c)) => {
-                    let note = format!("created from {}@v{}", src_m.name, c.version);
-                    Some(self.adopt_checkpoint(&m, c, note)?)
-                }
-                None => None,
+            let head = match (&source, &v1) {
+                (Some((_, c)), Some(v1)) => Some(self.commit_row(&m, v1, Some(c), 0, None)?),
+                _ => None,
             };
-            // A new machine's state directory is itself a new entry of the home's `machines/`.
-            self.sync_state(&m)?;
-            if let Some(parent) = self.layout(&m).state.parent() {
-                fsync_dir(parent)?;
-            }
             self.catalog
                 .set_base(m.id, &base, head.as_ref().map(|h| h.id), None)?;
             if opts.from_tar.is_some() {
                 return Ok::<_, EngineError>(None);
             }
-            let info = self.mounted_info(&self.machine_row(&m.name)?)?;
+            // Just made, so nothing is mounted for it yet.
+            let info = MountedInfo {
+                name: m.name.clone(),
+                at: m.dir.clone(),
+                head: head.map(|h| format!("{}@v{}", m.name, h.version)),
+                base: Some(base.root),
+                up: false,
+            };
             self.audit(
                 audit.op,
                 Some(&opts.name),
@@ -207,6 +220,43 @@ impl Repo {
         Ok((self.mounted_info(&self.machine_row(&m.name)?)?, false))
     }
 
+    /// Everything a new mounted machine needs before the commit that completes it, durable:
+    /// its manifest, v1's manifest (a fork's) and its state directory, with the row inserted
+    /// unfinished. The three are independent, so their writes and fsyncs run side by side
+    /// (a fork costs the slowest of them, not their sum) and all are done before it returns.
+    fn prepare_mounted(
+        &self,
+        man: &MachineManifest,
+        at: &Path,
+        v1: Option<&CheckpointManifest>,
+        base: &Base,
+    ) -> Result<MachineRow> {
+        let store = &self.store;
+        std::thread::scope(|s| {
+            let machine = s.spawn(|| super::manifest::put_machine(store, man));
+            let v1 = v1.map(|v1| s.spawn(|| super::manifest::put_checkpoint(store, v1)));
+            let state = (|| -> Result<MachineRow> {
+                let m = self.insert_machine_row(man, at, MachineKind::Mounted)?;
+                self.fresh_upper(&m, base)?;
+                // A new machine's state directory is itself a new entry of `machines/`.
+                self.sync_state(&m)?;
+                if let Some(parent) = self.layout(&m).state.parent() {
+                    fsync_dir(parent)?;
+                }
+                Ok(m)
+            })();
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            };
+            let machine = joined(machine);
+            let v1 = v1.map(joined).unwrap_or(Ok(()));
+            let m = state?;
+            machine?;
+            v1?;
+            Ok(m)
+        })
+    }
+
     /// Where a mounted machine appears: `at`, or its default under the home.
     fn mountpoint_for(&self, name: &str, at: Option<&Path>) -> Result<PathBuf> {
         match at {
@@ -232,6 +282,7 @@ impl Repo {
     }
 
     /// Records checkpoint `c` (of any machine) as the next checkpoint of `m`: metadata only.
+    #[cfg(test)]
     pub(crate) fn adopt_checkpoint(
         &self,
         m: &MachineRow,
@@ -295,9 +346,10 @@ impl Repo {
         let l = self.layout(m);
         // A view left at `lower/` by a server that died fails every access, `lower/` itself
         // then looks like no directory: detach it. A live one (an orphaned server's, of an
-        // older base) is `up`'s to replace.
-        if matches!(crate::mount::mount_at(&l.lower), Ok(Some(_)))
-            && std::fs::metadata(&l.lower).is_err()
+        // older base) is `up`'s to replace. A `lower/` that does not exist holds no mount (a
+        // new machine's), so the mount table is read only when it fails otherwise.
+        if std::fs::metadata(&l.lower).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+            && matches!(crate::mount::mount_at(&l.lower), Ok(Some(_)))
         {
             super::updown::detach(&l.lower)?;
         }

@@ -13,7 +13,8 @@
 //! or the new one visible, plus at most one staging file for `sweep_incomplete`):
 //! 1. create `tmp/<random>.tmp` with `O_EXCL`, write all bytes, fsync the file;
 //! 2. create each missing parent directory of the final path, fsyncing the directory that
-//!    holds it, so the new directory entry itself is durable;
+//!    holds it, so the new directory entry itself is durable (beside step 1 when there is one
+//!    to create: the two are independent);
 //! 3. rename the staging file onto the final path (atomic replace);
 //! 4. fsync the final path's directory, making the rename durable.
 //!
@@ -117,20 +118,37 @@ impl Backend for LocalBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<(), BackendError> {
         let path = self.path_of(key)?;
         let err = io_err("put", key);
+        // `path` is `root/<key>` with at least one segment, so it has a parent.
+        let parent = path.parent().unwrap_or(&self.root);
         // Step 1. The staging file deletes itself if we fail before the rename.
-        let mut tmp = tempfile::Builder::new()
-            .prefix("put-")
-            .suffix(".tmp")
-            .tempfile_in(&self.tmp)
-            .map_err(&err)?;
-        tmp.write_all(data).map_err(&err)?;
-        tmp.as_file().sync_all().map_err(&err)?;
-        // Step 2.
-        self.create_parents(key).map_err(&err)?;
+        let stage = || -> io::Result<tempfile::NamedTempFile> {
+            let mut tmp = tempfile::Builder::new()
+                .prefix("put-")
+                .suffix(".tmp")
+                .tempfile_in(&self.tmp)?;
+            tmp.write_all(data)?;
+            tmp.as_file().sync_all()?;
+            Ok(tmp)
+        };
+        // Step 2. Both steps end in fsyncs of different files and neither needs the other,
+        // so a put that must make a directory (a new machine's first checkpoint manifest)
+        // runs them side by side; both are done before step 3.
+        let tmp = if parent.is_dir() {
+            stage().map_err(&err)?
+        } else {
+            std::thread::scope(|s| {
+                let parents = s.spawn(|| self.create_parents(key));
+                let tmp = stage();
+                let parents = parents
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                parents.and(tmp)
+            })
+            .map_err(&err)?
+        };
         // Step 3.
         tmp.persist(&path).map_err(|e| err(e.error))?;
-        // Step 4. `path` is `root/<key>` with at least one segment, so it has a parent.
-        let parent = path.parent().unwrap_or(&self.root);
+        // Step 4.
         sync_dir(parent).map_err(&err)
     }
 
