@@ -185,13 +185,24 @@ impl<'a> BlobWriter<'a> {
     /// Uploads packs side by side (their fsyncs overlap), then indexes them all in one catalog
     /// transaction. Every pack is durable before any catalog row names it.
     fn upload_all(&self, packs: Vec<PackWriter>) -> Result<()> {
+        let rows = self.upload_unindexed(packs)?;
+        if rows.0.is_empty() {
+            return Ok(());
+        }
+        lock(self.index_catalog()?).transaction(|c| rows.insert(c))?;
+        Ok(())
+    }
+
+    /// Uploads packs side by side (their fsyncs overlap) and returns the rows that index them,
+    /// for a transaction that must come after: every pack is durable before any row names it.
+    fn upload_unindexed(&self, packs: Vec<PackWriter>) -> Result<PendingIndex> {
         let finished: Vec<FinishedPack> = packs
             .into_iter()
             .filter(|p| !p.is_empty())
             .map(PackWriter::finish)
             .collect();
         match finished.as_slice() {
-            [] => return Ok(()),
+            [] => return Ok(PendingIndex::default()),
             [one] => self.store.put_pack(one)?,
             many => std::thread::scope(|s| {
                 let puts: Vec<_> = many
@@ -204,12 +215,7 @@ impl<'a> BlobWriter<'a> {
                 })
             })?,
         }
-        let rows: Vec<(PackRow, Vec<BlobLoc>)> = finished.iter().map(index_rows).collect();
-        lock(self.index_catalog()?).transaction(|c| {
-            rows.iter()
-                .try_for_each(|(row, locs)| c.insert_pack(row, locs))
-        })?;
-        Ok(())
+        Ok(PendingIndex(finished.iter().map(index_rows).collect()))
     }
 
     /// The connection that indexes uploaded packs (see `catalog`).
@@ -236,16 +242,47 @@ impl<'a> BlobWriter<'a> {
     /// Uploads the partly filled packs. After this returns, every blob put so far is durable
     /// and indexed.
     pub(crate) fn flush(&self) -> Result<WriteStats> {
-        let (data, trees, stats) = {
-            let mut st = lock(&self.state);
-            (
-                std::mem::replace(&mut st.data, PackWriter::new()),
-                std::mem::replace(&mut st.trees, PackWriter::new()),
-                st.stats,
-            )
-        };
-        self.upload_all(vec![data, trees])?;
+        let (packs, stats) = self.take_partial();
+        self.upload_all(packs)?;
         Ok(stats)
+    }
+
+    /// `flush`, leaving the rows of the packs it uploads to the caller, who inserts them in
+    /// the transaction that commits the checkpoint referencing their blobs (one commit, and
+    /// a writer that filled no pack opens no connection to index). Until then the packs are
+    /// durable but unindexed, which gc leaves alone while this writer's session lives.
+    pub(crate) fn flush_unindexed(&self) -> Result<(WriteStats, PendingIndex)> {
+        let (packs, stats) = self.take_partial();
+        Ok((stats, self.upload_unindexed(packs)?))
+    }
+
+    /// The partly filled packs, replaced by empty ones, and the totals so far.
+    fn take_partial(&self) -> (Vec<PackWriter>, WriteStats) {
+        let mut st = lock(&self.state);
+        let data = std::mem::replace(&mut st.data, PackWriter::new());
+        let trees = std::mem::replace(&mut st.trees, PackWriter::new());
+        (vec![data, trees], st.stats)
+    }
+}
+
+/// The rows that index uploaded packs, not yet inserted.
+#[derive(Default)]
+#[must_use = "the packs stay unindexed until these rows are inserted"]
+pub(crate) struct PendingIndex(Vec<(PackRow, Vec<BlobLoc>)>);
+
+impl PendingIndex {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Inserts the rows, in the caller's transaction.
+    pub(crate) fn insert(
+        &self,
+        c: &Catalog,
+    ) -> std::result::Result<(), crate::catalog::CatalogError> {
+        self.0
+            .iter()
+            .try_for_each(|(row, locs)| c.insert_pack(row, locs))
     }
 }
 

@@ -4,7 +4,7 @@
 //! then the manifest object is durable, then one catalog transaction inserts the row and moves
 //! the machine's head. "Created" is reported only after that transaction commits.
 
-use super::blobs::BlobWriter;
+use super::blobs::{BlobWriter, PendingIndex};
 use super::ingest::{IngestOptions, ingest};
 use super::manifest::{self, CheckpointManifest};
 use super::statcache::StatCache;
@@ -204,7 +204,7 @@ impl Repo {
         phases.push(super::Phase::since("ingest", t));
         let t = std::time::Instant::now();
         progress.phase("committing", None);
-        let mut stats = writer.flush()?;
+        let (mut stats, index) = writer.flush_unindexed()?;
         stats.add(ing.written);
         let head = match m.head {
             Some(h) => self.catalog.checkpoint(h)?,
@@ -220,6 +220,7 @@ impl Repo {
             ing.entries,
             stats.stored_bytes,
             audit.map(|op| CommitAudit { op, detail: None }),
+            index,
         )?;
         phases.push(super::Phase::since("commit", t));
         let mut cache = ing.cache;
@@ -252,6 +253,7 @@ impl Repo {
         entries: u64,
         added_bytes: u64,
         audit: Option<CommitAudit>,
+        index: PendingIndex,
     ) -> Result<CheckpointRow> {
         // The machine lock is held, so nobody else assigns this machine's next version.
         let man = self.checkpoint_manifest(
@@ -263,7 +265,7 @@ impl Repo {
             (logical_bytes, entries),
         )?;
         manifest::put_checkpoint(&self.store, &man)?;
-        self.commit_row(m, &man, parent, added_bytes, audit)
+        self.commit_row(m, &man, parent, added_bytes, audit, index)
     }
 
     /// The manifest of checkpoint `version` of the machine `machine_uid`, as `commit` writes it
@@ -304,7 +306,8 @@ impl Repo {
     }
 
     /// Step 3 of the commit protocol: the row of checkpoint `man`, whose manifest is durable,
-    /// and the machine's head, with the audit row if one is given (one fsync for both).
+    /// and the machine's head, with the rows that index its last packs and the audit row if
+    /// one is given (one fsync for all).
     pub(crate) fn commit_row(
         &self,
         m: &MachineRow,
@@ -312,6 +315,7 @@ impl Repo {
         parent: Option<&CheckpointRow>,
         added_bytes: u64,
         audit: Option<CommitAudit>,
+        index: PendingIndex,
     ) -> Result<CheckpointRow> {
         let new = NewCheckpoint {
             machine_id: m.id,
@@ -328,15 +332,19 @@ impl Repo {
             auto: man.auto,
             version: Some(man.version),
         };
-        let Some(audit) = audit else {
+        if audit.is_none() && index.is_empty() {
             return Ok(self.catalog.commit_checkpoint(&new)?);
-        };
-        // The audit row commits with the checkpoint: one fsync, and never one without the other.
+        }
+        // The index and audit rows commit with the checkpoint: one fsync, never one without
+        // the others.
         self.catalog.batch(|| {
+            index.insert(&self.catalog)?;
             let row = self.catalog.commit_checkpoint(&new)?;
-            let id = format!("{}@v{}", m.name, row.version);
-            let detail = audit.detail.unwrap_or_else(|| id.clone());
-            self.audit(audit.op, Some(&m.name), Some(&id), &Ok(detail));
+            if let Some(audit) = audit {
+                let id = format!("{}@v{}", m.name, row.version);
+                let detail = audit.detail.unwrap_or_else(|| id.clone());
+                self.audit(audit.op, Some(&m.name), Some(&id), &Ok(detail));
+            }
             Ok(row)
         })
     }

@@ -173,7 +173,9 @@ impl Repo {
         // v1, the base and (unless an import follows) the audit row land in one commit.
         let created = self.catalog.batch(|| {
             let head = match (&source, &v1) {
-                (Some((_, c)), Some(v1)) => Some(self.commit_row(&m, v1, Some(c), 0, None)?),
+                (Some((_, c)), Some(v1)) => {
+                    Some(self.commit_row(&m, v1, Some(c), 0, None, Default::default())?)
+                }
                 _ => None,
             };
             self.catalog
@@ -304,6 +306,7 @@ impl Repo {
             c.entries,
             0,
             None,
+            Default::default(),
         )
     }
 

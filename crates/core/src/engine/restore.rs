@@ -266,6 +266,7 @@ impl Repo {
                         op: "create",
                         detail: Some("automatic undo point".to_owned()),
                     }),
+                    Default::default(),
                 )?
             }
         };
@@ -495,6 +496,7 @@ impl Repo {
                 target.entries,
                 0,
                 None,
+                Default::default(),
             )?;
             let mut cache = StatCache {
                 epoch: self.catalog.gc_epoch()?,

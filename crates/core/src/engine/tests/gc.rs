@@ -220,6 +220,7 @@ fn an_older_live_session_keeps_doomed_packs_until_it_ends() {
             v2.entries,
             0,
             None,
+            Default::default(),
         )
         .unwrap();
     drop(older);
