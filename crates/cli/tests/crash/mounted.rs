@@ -263,7 +263,7 @@ impl MountedWorld {
                 run.stderr
             );
             let e = self.est.get_mut(&op).expect("calibrated");
-            *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+            super::learn(e, elapsed);
             self.kills_in_a_row.insert(op, 0);
         } else {
             // As in the directory harness: widen an estimate that only kills keep short.

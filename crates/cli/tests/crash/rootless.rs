@@ -266,7 +266,7 @@ impl RootlessWorld {
             );
         } else if !killed {
             let e = self.est.get_mut(op).expect("calibrated");
-            *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+            super::learn(e, elapsed);
         }
         (killed, hit)
     }

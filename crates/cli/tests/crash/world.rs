@@ -208,7 +208,7 @@ impl World {
                 run.stderr
             );
             let e = self.est.get_mut(&op).expect("calibrated");
-            *e = e.mul_f64(0.75) + elapsed.mul_f64(0.25);
+            super::learn(e, elapsed);
             self.kills_in_a_row.insert(op, 0);
         } else {
             // The store grows, so commands slow down: an estimate learnt only from finished
