@@ -8,7 +8,7 @@
 use super::{EngineError, Result, now_ns};
 use crate::catalog::{BlobLoc, Catalog, PackRow};
 use crate::model::{BlobId, ChunkId, Tree, TreeId, decode_tree, encode_tree};
-use crate::store::{BlobKind, FinishedPack, PackWriter, Store, encode_blob};
+use crate::store::{BlobKind, FinishedPack, PackWriter, Store, encode_blob, encode_tree_blob};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -156,7 +156,10 @@ impl<'a> BlobWriter<'a> {
         if !self.claim(id)? {
             return Ok(false);
         }
-        let stored = encode_blob(raw);
+        let stored = match kind {
+            BlobKind::Chunk => encode_blob(raw),
+            BlobKind::Tree => encode_tree_blob(raw),
+        };
         let raw_len = u32::try_from(raw.len()).map_err(|_| {
             EngineError::Invalid(format!("blob of {} bytes is too large", raw.len()))
         })?;

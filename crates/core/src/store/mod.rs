@@ -19,7 +19,7 @@ pub use backend::{Backend, BackendError, ObjectInfo};
 pub use local::LocalBackend;
 pub use pack::{
     BlobKind, FinishedPack, MAX_BLOB_LEN, PackEntry, PackWriter, decode_blob, encode_blob,
-    pack_key, parse_index, parse_pack_key, parse_trailer,
+    encode_tree_blob, pack_key, parse_index, parse_pack_key, parse_trailer,
 };
 
 use crate::model::{BlobId, PackId};

@@ -55,6 +55,9 @@ pub const ENTRY_LEN: u64 = 1 + 32 + 8 + 4 + 4;
 pub const TRAILER_LEN: u64 = 4 + 32 + 8;
 /// zstd level for blobs: fast enough for ingest, most of the ratio of higher levels.
 pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level for trees: a checkpoint re-encodes every directory on the path to a change, and
+/// level 3 spent most of its tree time resetting larger match tables.
+pub const ZSTD_TREE_LEVEL: i32 = 1;
 /// Largest raw blob: the raw-stored form (tag + bytes) must fit the u32 stored length.
 pub const MAX_BLOB_LEN: u64 = u32::MAX as u64 - 1;
 
@@ -120,17 +123,24 @@ fn malformed<T>(reason: impl Into<String>) -> Result<T, StoreError> {
     })
 }
 
+type Slot = RefCell<Option<zstd::bulk::Compressor<'static>>>;
+
 thread_local! {
-    // One compression context per thread: creating one per blob costs about as much as
-    // compressing a small chunk. Reuse does not change the output.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    // One compression context per thread and level: creating one per blob costs about as
+    // much as compressing a small chunk. Reuse does not change the output.
+    static COMPRESSOR: Slot = const { RefCell::new(None) };
+    static TREE_COMPRESSOR: Slot = const { RefCell::new(None) };
 }
 
-fn zstd_compress(raw: &[u8]) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
+fn zstd_compress(
+    compressor: &'static std::thread::LocalKey<Slot>,
+    level: i32,
+    raw: &[u8],
+) -> Option<Vec<u8>> {
+    compressor.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            *slot = zstd::bulk::Compressor::new(level).ok();
         }
         slot.as_mut()?.compress(raw).ok()
     })
@@ -142,7 +152,16 @@ fn zstd_compress(raw: &[u8]) -> Option<Vec<u8>> {
 /// zstd is used only when it makes the blob strictly smaller; if compression fails for any
 /// reason the blob is stored raw, which is always valid.
 pub fn encode_blob(raw: &[u8]) -> Vec<u8> {
-    if let Some(z) = zstd_compress(raw)
+    encode_with(zstd_compress(&COMPRESSOR, ZSTD_LEVEL, raw), raw)
+}
+
+/// [`encode_blob`] for a tree, at [`ZSTD_TREE_LEVEL`].
+pub fn encode_tree_blob(raw: &[u8]) -> Vec<u8> {
+    encode_with(zstd_compress(&TREE_COMPRESSOR, ZSTD_TREE_LEVEL, raw), raw)
+}
+
+fn encode_with(compressed: Option<Vec<u8>>, raw: &[u8]) -> Vec<u8> {
+    if let Some(z) = compressed
         && z.len() < raw.len()
     {
         let mut out = Vec::with_capacity(1 + z.len());
