@@ -189,7 +189,7 @@ impl<'a> BlobWriter<'a> {
     /// transaction. Every pack is durable before any catalog row names it.
     fn upload_all(&self, packs: Vec<PackWriter>) -> Result<()> {
         let rows = self.upload_unindexed(packs)?;
-        if rows.0.is_empty() {
+        if rows.is_empty() {
             return Ok(());
         }
         lock(self.index_catalog()?).transaction(|c| rows.insert(c))?;
