@@ -36,3 +36,9 @@ pub use sandbox::{
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Waits for a scoped thread and returns its result; a panic there goes on in the caller, as
+/// if the work had run on the caller's thread.
+pub(crate) fn join_scoped<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}

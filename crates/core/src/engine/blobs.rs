@@ -212,10 +212,7 @@ impl<'a> BlobWriter<'a> {
                     .iter()
                     .map(|p| s.spawn(move || self.store.put_pack(p)))
                     .collect();
-                puts.into_iter().try_for_each(|h| match h.join() {
-                    Ok(r) => r,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
+                puts.into_iter().try_for_each(crate::join_scoped)
             })?,
         }
         Ok(PendingIndex(finished.iter().map(index_rows).collect()))

@@ -247,11 +247,8 @@ impl Repo {
                 }
                 Ok(m)
             })();
-            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
-                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-            };
-            let machine = joined(machine);
-            let v1 = v1.map(joined).unwrap_or(Ok(()));
+            let machine = crate::join_scoped(machine);
+            let v1 = v1.map(crate::join_scoped).unwrap_or(Ok(()));
             let m = state?;
             machine?;
             v1?;

@@ -139,10 +139,7 @@ impl Backend for LocalBackend {
             std::thread::scope(|s| {
                 let parents = s.spawn(|| self.create_parents(key));
                 let tmp = stage();
-                let parents = parents
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
-                parents.and(tmp)
+                crate::join_scoped(parents).and(tmp)
             })
             .map_err(&err)?
         };
