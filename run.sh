@@ -5,4 +5,5 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cargo build --quiet --release --locked --manifest-path "$here/Cargo.toml" >&2
-exec "$here/target/release/cairn" "$@"
+# .cargo/config.toml builds for the host triple explicitly, so binaries land under it.
+exec "$here/target/$(rustc -vV | sed -n 's/^host: //p')/release/cairn" "$@"
