@@ -131,6 +131,8 @@ def read_files(top, rels):
 
 
 WARM_PASSES = 5
+# Checkpoint-and-fork rounds per repetition (each side; all count towards the median).
+CHECKPOINT_ROUNDS = 3
 
 
 def timed_reads(tops, rels):
@@ -303,24 +305,41 @@ class Bench:
         # truncation behind it), whichever side happens to run first.
         run(["sync"])
 
-        # checkpoint after a small change
-        self.edit(self.box, i)
-        dt, rep = self.cairn("checkpoint", "create", "box", timed_call=True)
-        r["checkpoint"]["cairn"].append(dt)
-        self.phase("checkpoint", rep)
-        ver = rep["checkpoint"]["id"]
-        self.edit(self.live, i)
-        dt, _ = timed(["btrfs", "-q", "subvolume", "snapshot", "-r", self.live,
-                       os.path.join(self.mnt, "snaps", f"c{i}")])
-        r["checkpoint"]["ref"].append(dt)
+        # checkpoint after a small change, then fork it: a few rounds, since each takes
+        # milliseconds and one sample per repetition left the medians at the mercy of the
+        # host's noise; the side that goes first alternates from round to round
+        for j in range(CHECKPOINT_ROUNDS):
+            tag = f"{i}.{j}"
+            snap = os.path.join(self.mnt, "snaps", f"c{tag}")
+            ver = None
 
-        # fork the checkpoint just taken
-        dt, rep = self.cairn("fork", ver, f"fork{i}", timed_call=True)
-        r["fork"]["cairn"].append(dt)
-        self.phase("fork", rep)
-        dt, _ = timed(["btrfs", "-q", "subvolume", "snapshot", os.path.join(self.mnt, "snaps", f"c{i}"),
-                       os.path.join(self.mnt, "forks", f"fork{i}")])
-        r["fork"]["ref"].append(dt)
+            def checkpoint_cairn():
+                nonlocal ver
+                self.edit(self.box, tag)
+                dt, rep = self.cairn("checkpoint", "create", "box", timed_call=True)
+                r["checkpoint"]["cairn"].append(dt)
+                self.phase("checkpoint", rep)
+                ver = rep["checkpoint"]["id"]
+
+            def checkpoint_btrfs():
+                self.edit(self.live, tag)
+                dt, _ = timed(["btrfs", "-q", "subvolume", "snapshot", "-r", self.live, snap])
+                r["checkpoint"]["ref"].append(dt)
+
+            def fork_cairn():
+                dt, rep = self.cairn("fork", ver, f"fork{i}-{j}", timed_call=True)
+                r["fork"]["cairn"].append(dt)
+                self.phase("fork", rep)
+
+            def fork_btrfs():
+                dt, _ = timed(["btrfs", "-q", "subvolume", "snapshot", snap,
+                               os.path.join(self.mnt, "forks", f"fork{tag}")])
+                r["fork"]["ref"].append(dt)
+
+            order = [(checkpoint_cairn, checkpoint_btrfs), (fork_cairn, fork_btrfs)]
+            for pair in order:
+                for step in (pair if (i + j) % 2 == 0 else pair[::-1]):
+                    step()
 
         # restore to the base (v1): wall time minus the process stop/restart phase
         dt, rep = self.cairn("restore", "box@v1", timed_call=True)
@@ -340,8 +359,10 @@ class Bench:
         self.verify(f"btrfs swap {i + 1}", self.live, full=False)
 
         say(f"[{fs}] repetition {i + 1} (ms, cairn / btrfs): " + ", ".join(
-            f"{k} {r[k]['cairn'][-1] * 1e3:.1f} / {r[k]['ref'][-1] * 1e3:.1f}"
-            for k in ("checkpoint", "fork", "restore")))
+            f"{k} " + " ".join(f"{c * 1e3:.1f}/{b * 1e3:.1f}" for c, b in
+                               zip(r[k]["cairn"][-n:], r[k]["ref"][-n:]))
+            for k, n in (("checkpoint", CHECKPOINT_ROUNDS), ("fork", CHECKPOINT_ROUNDS),
+                         ("restore", 1))))
 
         # warm reads of unchanged files: whole tree, then the largest files
         self.lowers.append(lower_kind(self.box))
@@ -570,7 +591,9 @@ def report(args, benches, started):
              "repetition's installs and copies are still being written back.")
     L.append("- **checkpoint**: append a line to 10 files in the running machine's view, then "
              "`cairn checkpoint create box`; the same edit in a btrfs subvolume, then "
-             "`btrfs subvolume snapshot -r`.")
+             f"`btrfs subvolume snapshot -r`. Each repetition takes {CHECKPOINT_ROUNDS} rounds of "
+             "a checkpoint and a fork of it on each side, the side that goes first alternating "
+             "from round to round; every round counts towards the median.")
     L.append("- **restore**: `cairn restore box@v1` wall time minus its `stop` phase (unmounting "
              "the overlay and view and stopping processes; it is listed above); btrfs: "
              "snapshot the base snapshot to a new subvolume, rename the live one aside and the new "
