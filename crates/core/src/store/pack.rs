@@ -55,9 +55,6 @@ pub const ENTRY_LEN: u64 = 1 + 32 + 8 + 4 + 4;
 pub const TRAILER_LEN: u64 = 4 + 32 + 8;
 /// zstd level for blobs: fast enough for ingest, most of the ratio of higher levels.
 pub const ZSTD_LEVEL: i32 = 3;
-/// zstd level for trees: a checkpoint re-encodes every directory on the path to a change, and
-/// level 1 made a checkpoint 0.5-0.75 ms faster than level 3 for trees 1.2% larger.
-pub const ZSTD_TREE_LEVEL: i32 = 1;
 /// Largest raw blob: the raw-stored form (tag + bytes) must fit the u32 stored length.
 pub const MAX_BLOB_LEN: u64 = u32::MAX as u64 - 1;
 
@@ -126,21 +123,16 @@ fn malformed<T>(reason: impl Into<String>) -> Result<T, StoreError> {
 type Slot = RefCell<Option<zstd::bulk::Compressor<'static>>>;
 
 thread_local! {
-    // One compression context per thread and level: creating one per blob costs about as
-    // much as compressing a small chunk. Reuse does not change the output.
+    // One compression context per thread: creating one per blob costs about as much as
+    // compressing a small chunk. Reuse does not change the output.
     static COMPRESSOR: Slot = const { RefCell::new(None) };
-    static TREE_COMPRESSOR: Slot = const { RefCell::new(None) };
 }
 
-fn zstd_compress(
-    compressor: &'static std::thread::LocalKey<Slot>,
-    level: i32,
-    raw: &[u8],
-) -> Option<Vec<u8>> {
-    compressor.with(|cell| {
+fn zstd_compress(raw: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(level).ok();
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
         slot.as_mut()?.compress(raw).ok()
     })
@@ -152,12 +144,16 @@ fn zstd_compress(
 /// zstd is used only when it makes the blob strictly smaller; if compression fails for any
 /// reason the blob is stored raw, which is always valid.
 pub fn encode_blob(raw: &[u8]) -> Vec<u8> {
-    encode_with(zstd_compress(&COMPRESSOR, ZSTD_LEVEL, raw), raw)
+    encode_with(zstd_compress(raw), raw)
 }
 
-/// [`encode_blob`] for a tree, at [`ZSTD_TREE_LEVEL`].
+/// The stored form of a tree: raw. Trees are a small part of a store (1.5% of the stored
+/// bytes after the mounted benchmark's runs on its large tree), zstd shrank them only by about
+/// a quarter (much of a tree is 32-byte ids), and a checkpoint re-encodes every directory on
+/// the path to a change in a fresh process, where even level 1 cost 0.4 ms of a 6 ms
+/// checkpoint (its contexts' first use faults in their tables). Readers take either codec.
 pub fn encode_tree_blob(raw: &[u8]) -> Vec<u8> {
-    encode_with(zstd_compress(&TREE_COMPRESSOR, ZSTD_TREE_LEVEL, raw), raw)
+    encode_with(None, raw)
 }
 
 fn encode_with(compressed: Option<Vec<u8>>, raw: &[u8]) -> Vec<u8> {
