@@ -6,6 +6,7 @@ mod concurrency;
 mod crash;
 mod damage;
 mod errors;
+mod mount;
 mod mounted;
 mod rootless;
 mod tour;
