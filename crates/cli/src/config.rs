@@ -2,7 +2,7 @@
 //! the arguments is found here, before the repository is opened, and reported as a
 //! [`UsageError`] (exit status 2, nothing done).
 
-use crate::args::{CheckpointCmd, Cli, Cmd, GlobalArgs, MachineCmd};
+use crate::args::{CheckpointCmd, Cli, Cmd, Deferred, GlobalArgs, MachineCmd};
 use cairn_core::{
     Bind, CheckOptions, CheckpointOptions, CreateMachineOptions, CreateMountedOptions, ForkOptions,
     GcOptions, LowerServer, Ref, RepoOptions, RestoreOptions, RunSpec, validate_checkpoint_name,
@@ -426,7 +426,7 @@ fn whole_checkpoint(arg: &OsStr, command: &str) -> Result<Ref> {
 
 fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
     Ok(match cmd {
-        Cmd::Machine(MachineCmd::Create {
+        Cmd::Machine(Deferred(MachineCmd::Create {
             name,
             dir,
             from_tar,
@@ -434,7 +434,7 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
             from,
             at,
             ..
-        }) => {
+        })) => {
             let _ = dir; // clap refuses --dir with --mounted
             Command::MachineCreateMounted(CreateMountedOptions {
                 name: machine_name(name)?,
@@ -446,35 +446,47 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
                 from_tar,
             })
         }
-        Cmd::Machine(MachineCmd::Create {
+        Cmd::Machine(Deferred(MachineCmd::Create {
             name,
             dir,
             from_tar,
             ..
-        }) => Command::MachineCreate(CreateMachineOptions {
+        })) => Command::MachineCreate(CreateMachineOptions {
             name: machine_name(name)?,
             dir: dir.ok_or_else(|| {
                 UsageError("give the machine's directory with --dir, or --mounted".to_owned())
             })?,
             from_tar,
         }),
-        Cmd::Machine(MachineCmd::Up { name }) => Command::MachineUp(machine_name(name)?),
-        Cmd::Machine(MachineCmd::Down { name }) => Command::MachineDown(machine_name(name)?),
-        Cmd::Machine(MachineCmd::ServeLower { name }) => Command::ServeLower(machine_name(name)?),
-        Cmd::Machine(MachineCmd::HoldOverlay { name }) => Command::HoldOverlay(machine_name(name)?),
-        Cmd::Machine(MachineCmd::IngestUpper { name, dry }) => Command::IngestUpper {
+        Cmd::Machine(Deferred(MachineCmd::Up { name })) => Command::MachineUp(machine_name(name)?),
+        Cmd::Machine(Deferred(MachineCmd::Down { name })) => {
+            Command::MachineDown(machine_name(name)?)
+        }
+        Cmd::Machine(Deferred(MachineCmd::ServeLower { name })) => {
+            Command::ServeLower(machine_name(name)?)
+        }
+        Cmd::Machine(Deferred(MachineCmd::HoldOverlay { name })) => {
+            Command::HoldOverlay(machine_name(name)?)
+        }
+        Cmd::Machine(Deferred(MachineCmd::IngestUpper { name, dry })) => Command::IngestUpper {
             name: machine_name(name)?,
             dry,
         },
-        Cmd::Machine(MachineCmd::SweepState { uid, all }) => Command::SweepState { uid, all },
-        Cmd::Machine(MachineCmd::List) => Command::MachineList,
-        Cmd::Machine(MachineCmd::Show { name }) => Command::MachineShow(machine_name(name)?),
-        Cmd::Machine(MachineCmd::Rm { name }) => Command::MachineRemove(machine_name(name)?),
-        Cmd::Checkpoint(CheckpointCmd::Create {
+        Cmd::Machine(Deferred(MachineCmd::SweepState { uid, all })) => {
+            Command::SweepState { uid, all }
+        }
+        Cmd::Machine(Deferred(MachineCmd::List)) => Command::MachineList,
+        Cmd::Machine(Deferred(MachineCmd::Show { name })) => {
+            Command::MachineShow(machine_name(name)?)
+        }
+        Cmd::Machine(Deferred(MachineCmd::Rm { name })) => {
+            Command::MachineRemove(machine_name(name)?)
+        }
+        Cmd::Checkpoint(Deferred(CheckpointCmd::Create {
             machine,
             name,
             note,
-        }) => {
+        })) => {
             if let Some(n) = &name {
                 validate_checkpoint_name(n).map_err(|e| UsageError(e.to_string()))?;
             }
@@ -487,14 +499,14 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
                 },
             }
         }
-        Cmd::Checkpoint(CheckpointCmd::List { machine }) => Command::CheckpointList {
+        Cmd::Checkpoint(Deferred(CheckpointCmd::List { machine })) => Command::CheckpointList {
             machine: machine_name(machine)?,
             limit: None,
         },
-        Cmd::Checkpoint(CheckpointCmd::Show { reference }) => {
+        Cmd::Checkpoint(Deferred(CheckpointCmd::Show { reference })) => {
             Command::CheckpointShow(whole_checkpoint(&reference, "checkpoint show")?)
         }
-        Cmd::Checkpoint(CheckpointCmd::Delete { reference }) => {
+        Cmd::Checkpoint(Deferred(CheckpointCmd::Delete { reference })) => {
             Command::CheckpointDelete(whole_checkpoint(&reference, "checkpoint delete")?)
         }
         Cmd::Diff { from, to } => Command::Diff {
