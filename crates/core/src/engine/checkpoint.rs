@@ -464,7 +464,5 @@ pub(crate) struct CommitAudit {
 
 /// Threads that read and chunk files during an ingest.
 pub(crate) fn ingest_workers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(8)
+    crate::cpus().min(8)
 }

@@ -350,9 +350,7 @@ impl<'a> Materializer<'a> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
+        let workers = crate::cpus().clamp(1, 8);
         // Runs of files with the same parent (jobs are in walk order): a worker takes a whole
         // run, so each directory is opened once rather than once per file.
         let mut runs: Vec<std::ops::Range<usize>> = Vec::new();

@@ -147,7 +147,7 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: crate::is_root(),
             devices_and_setuid: false,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            threads: crate::cpus().clamp(2, 8),
             chunk_cache_bytes: 64 << 20,
             ids: None,
             data: None,
