@@ -324,13 +324,21 @@ pub enum Cmd {
     #[command(
         long_about = "Free the space of deleted checkpoints. Unreferenced data is first marked, \
             and deleted by a later gc once the grace period has passed, so a checkpoint running \
-            at the same time is never harmed. Packs mostly unreferenced are rewritten.",
-        after_help = "Examples:\n  cairn gc\n  cairn gc --grace 0s          # nothing else is running: free it now\n  cairn gc --dry-run"
+            at the same time is never harmed. Packs mostly unreferenced are rewritten.\n\n\
+            Mounted machines of root keep a lower image of each tree they have stood on (a \
+            cache that lets a restore or fork come up without a view). gc keeps those of \
+            machines' current bases, and the others within --images-max, least recently used \
+            first.",
+        after_help = "Examples:\n  cairn gc\n  cairn gc --grace 0s          # nothing else is running: free it now\n  cairn gc --images-max 500M\n  cairn gc --dry-run"
     )]
     Gc {
         /// How long unreferenced data stays marked before it is deleted, e.g. 0s, 10m, 1h, 2d
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         grace: String,
+        /// The most lower images may take on disk, e.g. 0, 500M, 2G (bytes; K, M, G, T are
+        /// powers of 1024)
+        #[arg(long, value_name = "SIZE", default_value = "2G")]
+        images_max: String,
         /// Rewrite packs whose live fraction is below this (0 to 1)
         #[arg(long, value_name = "FRACTION", default_value = "0.5")]
         repack_below: String,

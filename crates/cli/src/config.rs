@@ -356,6 +356,33 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs(total))
 }
 
+/// A size in bytes: a number, optionally with K, M, G or T (powers of 1024, `B`/`iB` allowed).
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let bad = || usage(format!("{text:?} is not a size; give e.g. 0, 500M or 2G"));
+    let upper = t.to_ascii_uppercase();
+    let digits = upper.trim_end_matches(['B', 'I']);
+    let (num, shift) = match digits.chars().last() {
+        Some('K') => (&digits[..digits.len() - 1], 10),
+        Some('M') => (&digits[..digits.len() - 1], 20),
+        Some('G') => (&digits[..digits.len() - 1], 30),
+        Some('T') => (&digits[..digits.len() - 1], 40),
+        _ if digits.len() == upper.len() || upper.ends_with('B') => (digits, 0),
+        _ => return bad(),
+    };
+    let Ok(n) = num.trim().parse::<f64>() else {
+        return bad();
+    };
+    if !n.is_finite() || n < 0.0 {
+        return bad();
+    }
+    let bytes = n * (1u64 << shift) as f64;
+    if bytes >= u64::MAX as f64 {
+        return bad();
+    }
+    Ok(bytes as u64)
+}
+
 fn parse_fraction(text: &str) -> Result<f64> {
     match text.trim().parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
@@ -663,11 +690,14 @@ fn command(cmd: Cmd, output: OutputMode) -> Result<Command> {
         Cmd::Du => Command::Du,
         Cmd::Gc {
             grace,
+            images_max,
             repack_below,
             dry_run,
         } => Command::Gc(GcOptions {
             grace: parse_duration(&grace).map_err(|e| UsageError(format!("--grace: {e}")))?,
             repack_below: parse_fraction(&repack_below)?,
+            images_max: parse_size(&images_max)
+                .map_err(|e| UsageError(format!("--images-max: {e}")))?,
             dry_run,
         }),
         Cmd::Check { read_data, repair } => Command::Check {

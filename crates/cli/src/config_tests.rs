@@ -68,6 +68,26 @@ fn home_defaults() {
 }
 
 #[test]
+fn sizes() {
+    assert_eq!(parse_size("0").unwrap(), 0);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+    assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+    assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+    assert_eq!(parse_size("1.5k").unwrap(), 1536);
+    assert_eq!(parse_size(" 1T ").unwrap(), 1 << 40);
+    for bad in ["", "G", "-1G", "2X", "lots", "1e30T", "2 GB extra"] {
+        assert!(parse_size(bad).is_err(), "{bad}");
+    }
+    let Command::Gc(opts) = config(&["gc"]).unwrap().command else {
+        panic!("gc parses to gc")
+    };
+    assert_eq!(opts.images_max, cairn_core::DEFAULT_IMAGES_MAX);
+    let e = config(&["gc", "--images-max", "big"]).unwrap_err();
+    assert!(e.0.contains("--images-max"), "{}", e.0);
+}
+
+#[test]
 fn durations() {
     assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
     assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);

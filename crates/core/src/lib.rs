@@ -16,10 +16,10 @@ mod store;
 pub use catalog::{AuditRow, MachineKind};
 pub use engine::{
     Change, ChangeKind, CheckOptions, CheckReport, CheckpointInfo, CheckpointOptions,
-    CheckpointReport, CheckpointUsage, CreateMachineOptions, CreateMountedOptions, DownReport,
-    DuReport, EngineError, Finding, ForkOptions, GcOptions, GcReport, LowerServer, MachineInfo,
-    MachineUsage, MountedInfo, NoProgress, Phase, Progress, RebuildReport, Repo, RepoOptions,
-    RestoreOptions, RestoreReport, RunSpec, RunStart, UpReport,
+    CheckpointReport, CheckpointUsage, CreateMachineOptions, CreateMountedOptions,
+    DEFAULT_IMAGES_MAX, DownReport, DuReport, EngineError, Finding, ForkOptions, GcOptions,
+    GcReport, LowerServer, MachineInfo, MachineUsage, MountedInfo, NoProgress, Phase, Progress,
+    RebuildReport, Repo, RepoOptions, RestoreOptions, RestoreReport, RunSpec, RunStart, UpReport,
 };
 pub use model::{CheckpointSel, Ref, TreeId, validate_checkpoint_name, validate_machine_name};
 pub use mount::{

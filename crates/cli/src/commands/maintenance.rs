@@ -77,6 +77,13 @@ fn write_gc(out: &mut dyn Write, r: &GcReport, opts: &GcOptions) -> io::Result<(
         r.packs_doomed,
         r.packs_revived,
     )?;
+    if r.images_evicted > 0 {
+        writeln!(
+            out,
+            "{} of trees no machine stands on {would}removed to keep lower images within --images-max",
+            output::count(r.images_evicted, "lower image", "lower images"),
+        )?;
+    }
     if r.copies_deleted > 0 {
         writeln!(
             out,
@@ -276,6 +283,7 @@ mod tests {
         let opts = GcOptions {
             grace: Duration::from_secs(600),
             repack_below: 0.5,
+            images_max: cairn_core::DEFAULT_IMAGES_MAX,
             dry_run: true,
         };
         let r = GcReport {

@@ -30,8 +30,14 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Repack packs whose live fraction is below this (0.0–1.0).
     pub repack_below: f64,
+    /// The most the lower images may take on disk, in bytes: beyond it, images of trees that
+    /// are no machine's base go, least recently used first (`engine/image.rs`).
+    pub images_max: u64,
     pub dry_run: bool,
 }
+
+/// The default of [`GcOptions::images_max`]: about twenty images of a Debian root file system.
+pub const DEFAULT_IMAGES_MAX: u64 = 2 << 30;
 
 /// What `gc` did (or would do, with `dry_run`).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -48,6 +54,8 @@ pub struct GcReport {
     pub copies_deleted: u64,
     /// Lower images removed: of trees nothing reachable holds any more.
     pub images_deleted: u64,
+    /// Lower images removed to keep them within `images_max` (their trees stay reachable).
+    pub images_evicted: u64,
     pub bytes_freed: u64,
     /// Bytes in doomed packs, freed by a gc after the grace period.
     pub bytes_pending: u64,
@@ -139,9 +147,11 @@ impl Repo {
             progress.advance(1);
         }
         // A mounted machine's base is served by its lower layer even if no checkpoint names it.
+        let mut bases: HashSet<String> = HashSet::new();
         for m in self.catalog.machines()? {
             if let Some(b) = m.base {
                 roots.insert(b.root.to_hex());
+                bases.insert(b.root.to_hex());
                 walk_reachable_files(
                     &src,
                     b.root,
@@ -258,6 +268,10 @@ impl Repo {
                         source,
                     })?;
         }
+        // 5c. The rest of them within their budget.
+        let evicted = self.evict_images(&bases, opts.images_max, opts.dry_run)?;
+        report.images_evicted = evicted.images;
+        report.bytes_freed += evicted.bytes;
 
         // 6. Leftovers, only when nobody else is writing.
         if oldest_live.is_none() && !opts.dry_run {

@@ -23,6 +23,14 @@
 //! is 0700, like the data layer: an image holds metadata (and a sparse file's bytes) that a
 //! machine may keep from others. Images are a cache: removing one while no machine is mounted
 //! over it loses nothing (the next `machine up` serves the tree through a view again).
+//!
+//! **Size.** Every tree a machine has stood on keeps its image while a checkpoint holds the
+//! tree, so a machine restored to many checkpoints gathers many. gc trims the images of trees
+//! that are no machine's base to a budget, least recently used first: `machine up` over an
+//! image stamps `used/<tree id>` with the time. An image to evict is first renamed into
+//! `tmp/`, then the bases are read again: a machine is rebased (its base committed) before it
+//! comes up, so either gc sees the new base and puts the image back, or that `up` finds no
+//! image and serves a view.
 
 use super::blobs::BlobSource;
 use super::materialize::{Materializer, Stubs};
@@ -31,6 +39,7 @@ use super::{EngineError, NoProgress, Repo, Result};
 use crate::model::TreeId;
 use crate::rootfs::{ApplyOptions, Dir};
 use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -57,9 +66,131 @@ fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> En
     }
 }
 
+/// Where `machine up` stamps the time it last mounted over an image, one empty file per tree.
+const USED: &str = "used";
+
+/// What [`Repo::evict_images`] removed (or would remove).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    pub images: u64,
+    pub bytes: u64,
+}
+
 impl Repo {
     pub(crate) fn images_dir(&self) -> PathBuf {
         self.home.join("cache").join("lowers")
+    }
+
+    /// Records that a machine came up over the image of `root` now. Best effort: a missing
+    /// stamp only makes the image look as old as its placing when gc trims the images.
+    pub(crate) fn note_image_used(&self, root: TreeId) {
+        let dir = self.images_dir().join(USED);
+        let stamp = dir.join(root.to_hex());
+        let touched = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&stamp)?
+                .set_modified(SystemTime::now())
+        });
+        if let Err(e) = touched {
+            tracing::debug!("could not stamp {}: {e}", stamp.display());
+        }
+    }
+
+    /// Trims the images of trees that are no machine's base to `max` bytes for the whole
+    /// cache (bases' images count but stay), least recently used first (see the module).
+    /// `bases` are hex tree ids as gc read them; they are read again before anything goes.
+    pub(crate) fn evict_images(
+        &self,
+        bases: &HashSet<String>,
+        max: u64,
+        dry_run: bool,
+    ) -> Result<Evicted> {
+        let dir = self.images_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Evicted::default()),
+            Err(e) => return Err(io("read directory", &dir)(e)),
+        };
+        let mut total = 0u64;
+        // (last use, bytes, tree id) of each image gc may remove.
+        let mut candidates = Vec::new();
+        for e in entries {
+            let e = e.map_err(io("read directory", &dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "tmp" || name == USED {
+                continue;
+            }
+            let path = e.path();
+            let bytes = disk_usage(&path).map_err(io("measure", &path))?;
+            total += bytes;
+            if bases.contains(&name) {
+                continue;
+            }
+            let placed = std::fs::symlink_metadata(&path).map_or(SystemTime::UNIX_EPOCH, |m| {
+                SystemTime::UNIX_EPOCH
+                    + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec() as u32)
+            });
+            let used = std::fs::metadata(dir.join(USED).join(&name))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            candidates.push((used.max(placed), bytes, name));
+        }
+        candidates.sort();
+        let mut chosen = Vec::new();
+        for (_, bytes, name) in candidates {
+            if total <= max {
+                break;
+            }
+            total -= bytes;
+            chosen.push((name, bytes));
+        }
+        let mut out = Evicted::default();
+        if dry_run {
+            out.images = chosen.len() as u64;
+            out.bytes = chosen.iter().map(|c| c.1).sum();
+            return Ok(out);
+        }
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io("create directory", &tmp))?;
+        let mut hidden = Vec::new();
+        for (name, bytes) in chosen {
+            let to = tmp.join(format!("{name}.evicted.{}", std::process::id()));
+            match std::fs::rename(dir.join(&name), &to) {
+                Ok(()) => hidden.push((name, bytes, to)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("rename", &to)(e)),
+            }
+        }
+        // A machine rebased onto one of these since gc read the bases commits that base
+        // before it comes up: seen here, its image goes back.
+        let now_bases: HashSet<String> = self
+            .catalog
+            .machines()?
+            .into_iter()
+            .filter_map(|m| m.base.map(|b| b.root.to_hex()))
+            .collect();
+        for (name, bytes, hidden_at) in hidden {
+            if now_bases.contains(&name) {
+                let back = rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &hidden_at,
+                    rustix::fs::CWD,
+                    dir.join(&name),
+                    rustix::fs::RenameFlags::NOREPLACE,
+                );
+                if back.is_ok() {
+                    continue;
+                }
+            }
+            std::fs::remove_dir_all(&hidden_at).map_err(io("remove", &hidden_at))?;
+            let _ = std::fs::remove_file(dir.join(USED).join(&name));
+            out.images += 1;
+            out.bytes += bytes;
+        }
+        Ok(out)
     }
 
     /// The complete image of tree `root`, if there is one.
@@ -148,6 +279,9 @@ impl Repo {
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
+        if report.built {
+            self.note_image_used(root);
+        }
         report.ms = t.elapsed().as_millis() as u64;
         Ok(report)
     }
@@ -189,6 +323,13 @@ impl Repo {
                         std::fs::remove_dir_all(&t)?;
                     }
                 }
+            } else if name == USED {
+                for s in std::fs::read_dir(&path)? {
+                    let s = s?;
+                    if !dir.join(s.file_name()).exists() && old(&s.path(), made_before) {
+                        std::fs::remove_file(s.path())?;
+                    }
+                }
             } else if !live.contains(&name) && old(&path, made_before) {
                 std::fs::remove_dir_all(&path)?;
                 removed += 1;
@@ -196,4 +337,25 @@ impl Repo {
         }
         Ok(removed)
     }
+}
+
+/// Bytes a directory tree occupies on disk (allocated blocks, directories included), without
+/// following symlinks; hardlinked files count once.
+pub(crate) fn disk_usage(root: &Path) -> std::io::Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p)?;
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(total)
 }

@@ -33,7 +33,7 @@ pub use check::{CheckOptions, CheckReport, Finding};
 pub use checkpoint::{CheckpointInfo, CheckpointOptions, CheckpointReport};
 pub use diff::{Change, ChangeKind};
 pub use error::EngineError;
-pub use gc::{GcOptions, GcReport};
+pub use gc::{DEFAULT_IMAGES_MAX, GcOptions, GcReport};
 pub use machine::{CreateMachineOptions, MachineInfo};
 pub use mounted::{CreateMountedOptions, MountedInfo};
 pub use repair::RebuildReport;

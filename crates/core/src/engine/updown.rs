@@ -372,7 +372,10 @@ impl Repo {
         let opts = super::rootless::overlay_options_over(l, image, false, Some(data.dir()));
         let source = format!("{IMAGE_SOURCE}{}", root.to_hex());
         match super::rootless::mount_overlay(&m.dir, &source, &opts) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.note_image_used(root);
+                Ok(true)
+            }
             Err(e) => {
                 tracing::info!("overlay over the lower image refused ({e}); serving a view");
                 Ok(false)

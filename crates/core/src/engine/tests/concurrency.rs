@@ -146,6 +146,7 @@ fn audit_log_records_every_operation_with_author_and_outcome() {
     env.repo
         .gc(
             &GcOptions {
+                images_max: crate::engine::DEFAULT_IMAGES_MAX,
                 grace: Duration::ZERO,
                 repack_below: 0.0,
                 dry_run: false,

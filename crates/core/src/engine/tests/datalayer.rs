@@ -39,6 +39,7 @@ fn wait_for_copies(env: &Env, n: usize) -> Vec<std::path::PathBuf> {
 /// gc with no grace and no repack: what is unreachable goes now.
 fn gc_at_once() -> crate::engine::gc::GcOptions {
     crate::engine::gc::GcOptions {
+        images_max: crate::engine::DEFAULT_IMAGES_MAX,
         grace: Duration::ZERO,
         repack_below: 0.0,
         dry_run: false,
@@ -410,4 +411,72 @@ fn the_fill_copies_the_large_files_first() {
         "a small file was copied before a large one"
     );
     env.repo.machine_down("box").unwrap();
+}
+
+/// gc keeps the lower images of machines' bases whatever their size, and trims the others to
+/// `images_max`, least recently used first; the trees themselves stay.
+#[test]
+fn gc_trims_the_images_no_machine_stands_on_least_recently_used_first() {
+    let env = Env::new();
+    let web = env.path("web");
+    TestDir::full(&web);
+    adopt(&env.repo, "web", &web);
+    let mut trees = Vec::new();
+    for v in 1..=3 {
+        std::fs::write(web.join("etc/hostname"), format!("web {v}\n")).unwrap();
+        checkpoint(&env.repo, "web");
+        let info = create(&env, &format!("box{v}"), &format!("web@v{v}"));
+        trees.push(info.base.unwrap());
+    }
+    let images: Vec<_> = trees
+        .iter()
+        .map(|t| {
+            let built = env.repo.build_lower_image(*t).unwrap();
+            assert!(built.built, "{built:?}");
+            std::thread::sleep(Duration::from_millis(20));
+            built.path
+        })
+        .collect();
+    // box1 stays on its base; the other two trees are only checkpoints now. Of their images,
+    // the second was used after the third was made.
+    env.repo.remove_machine("box2").unwrap();
+    env.repo.remove_machine("box3").unwrap();
+    env.repo.note_image_used(trees[1]);
+    let size = |p: &std::path::Path| crate::engine::image::disk_usage(p).unwrap();
+    let total: u64 = images.iter().map(|p| size(p)).sum();
+
+    let mut opts = gc_at_once();
+    let report = env.repo.gc(&opts, &NoProgress).unwrap();
+    assert_eq!(
+        report.images_evicted, 0,
+        "within the default budget: {report:?}"
+    );
+    assert!(images.iter().all(|p| p.is_dir()));
+
+    // One byte too many: the least recently used goes, and a dry run says so first.
+    opts.images_max = total - 1;
+    opts.dry_run = true;
+    assert_eq!(env.repo.gc(&opts, &NoProgress).unwrap().images_evicted, 1);
+    assert!(images[2].is_dir(), "a dry run removes nothing");
+    opts.dry_run = false;
+    let report = env.repo.gc(&opts, &NoProgress).unwrap();
+    assert_eq!(report.images_evicted, 1, "{report:?}");
+    assert!(images[0].is_dir() && images[1].is_dir() && !images[2].exists());
+    assert!(report.bytes_freed >= size(&images[0]).min(1), "{report:?}");
+
+    // No budget at all: every image but the base's goes.
+    opts.images_max = 0;
+    let report = env.repo.gc(&opts, &NoProgress).unwrap();
+    assert_eq!(report.images_evicted, 1, "{report:?}");
+    assert!(images[0].is_dir() && !images[1].exists());
+    // The trees are intact: a machine of an evicted image's tree comes up over a view.
+    let again = create(&env, "again", "web@v3");
+    assert_eq!(env.repo.machine_up("again").unwrap().lower, "view");
+    assert_eq!(
+        std::fs::read(again.at.join("etc/hostname")).unwrap(),
+        b"web 3\n"
+    );
+    env.repo.machine_down("again").unwrap();
+    let check = env.repo.check(&Default::default(), &NoProgress).unwrap();
+    assert!(check.ok(), "{check:?}");
 }

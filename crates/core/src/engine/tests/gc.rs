@@ -7,6 +7,7 @@ use super::*;
 fn gc(repo: &Repo, repack_below: f64) -> GcReport {
     repo.gc(
         &GcOptions {
+            images_max: crate::engine::DEFAULT_IMAGES_MAX,
             grace: Duration::ZERO,
             repack_below,
             dry_run: false,
@@ -81,6 +82,7 @@ fn deleted_checkpoint_is_doomed_then_deleted_and_the_rest_restores() {
         .repo
         .gc(
             &GcOptions {
+                images_max: crate::engine::DEFAULT_IMAGES_MAX,
                 grace: Duration::ZERO,
                 repack_below: 0.0,
                 dry_run: true,

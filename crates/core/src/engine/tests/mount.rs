@@ -324,6 +324,7 @@ fn a_view_keeps_reading_after_gc_repacks_its_blobs_and_holds_no_read_snapshot() 
         env.repo
             .gc(
                 &GcOptions {
+                    images_max: crate::engine::DEFAULT_IMAGES_MAX,
                     grace: Duration::ZERO,
                     repack_below: 0.5,
                     dry_run: false,

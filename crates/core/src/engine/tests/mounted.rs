@@ -144,6 +144,7 @@ fn gc_keeps_a_base_that_no_checkpoint_names() {
         env.repo
             .gc(
                 &GcOptions {
+                    images_max: crate::engine::DEFAULT_IMAGES_MAX,
                     grace: Duration::ZERO,
                     repack_below: 0.0,
                     dry_run: false,
