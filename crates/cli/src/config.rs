@@ -358,17 +358,18 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 
 /// A size in bytes: a number, optionally with K, M, G or T (powers of 1024, `B`/`iB` allowed).
 pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
     let bad = || usage(format!("{text:?} is not a size; give e.g. 0, 500M or 2G"));
-    let upper = t.to_ascii_uppercase();
-    let digits = upper.trim_end_matches(['B', 'I']);
-    let (num, shift) = match digits.chars().last() {
-        Some('K') => (&digits[..digits.len() - 1], 10),
-        Some('M') => (&digits[..digits.len() - 1], 20),
-        Some('G') => (&digits[..digits.len() - 1], 30),
-        Some('T') => (&digits[..digits.len() - 1], 40),
-        _ if digits.len() == upper.len() || upper.ends_with('B') => (digits, 0),
-        _ => return bad(),
+    let upper = text.trim().to_ascii_uppercase();
+    let unit = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (num, shift) = match unit.char_indices().last() {
+        None => return bad(),
+        Some((i, c)) => match "KMGT".find(c) {
+            Some(k) => (&unit[..i], 10 * (k as u32 + 1)),
+            None => (unit, 0),
+        },
     };
     let Ok(n) = num.trim().parse::<f64>() else {
         return bad();

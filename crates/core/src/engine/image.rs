@@ -70,7 +70,7 @@ fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> En
 const USED: &str = "used";
 
 /// What [`Repo::evict_images`] removed (or would remove).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Evicted {
     pub images: u64,
     pub bytes: u64,
@@ -129,10 +129,7 @@ impl Repo {
             if bases.contains(&name) {
                 continue;
             }
-            let placed = std::fs::symlink_metadata(&path).map_or(SystemTime::UNIX_EPOCH, |m| {
-                SystemTime::UNIX_EPOCH
-                    + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec() as u32)
-            });
+            let placed = changed_at(&path).unwrap_or(SystemTime::UNIX_EPOCH);
             let used = std::fs::metadata(dir.join(USED).join(&name))
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -300,16 +297,7 @@ impl Repo {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        // By ctime: an image's own mtime is its tree's, and the rename that placed it moved
-        // its ctime.
-        let old = |p: &Path, before: SystemTime| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::symlink_metadata(p).is_ok_and(|m| {
-                let at = SystemTime::UNIX_EPOCH
-                    + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec() as u32);
-                at < before
-            })
-        };
+        let old = |p: &Path, before: SystemTime| changed_at(p).is_ok_and(|at| at < before);
         let mut removed = 0;
         for e in entries {
             let e = e?;
@@ -337,6 +325,13 @@ impl Repo {
         }
         Ok(removed)
     }
+}
+
+/// When `p` was placed: its ctime. An image's own mtime is its tree's, but the rename that
+/// placed it (or the write of a stamp) moved its ctime.
+fn changed_at(p: &Path) -> std::io::Result<SystemTime> {
+    let m = std::fs::symlink_metadata(p)?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec() as u32))
 }
 
 /// Bytes a directory tree occupies on disk (allocated blocks, directories included), without

@@ -120,12 +120,10 @@ fn malformed<T>(reason: impl Into<String>) -> Result<T, StoreError> {
     })
 }
 
-type Slot = RefCell<Option<zstd::bulk::Compressor<'static>>>;
-
 thread_local! {
     // One compression context per thread: creating one per blob costs about as much as
     // compressing a small chunk. Reuse does not change the output.
-    static COMPRESSOR: Slot = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
 fn zstd_compress(raw: &[u8]) -> Option<Vec<u8>> {
@@ -144,7 +142,10 @@ fn zstd_compress(raw: &[u8]) -> Option<Vec<u8>> {
 /// zstd is used only when it makes the blob strictly smaller; if compression fails for any
 /// reason the blob is stored raw, which is always valid.
 pub fn encode_blob(raw: &[u8]) -> Vec<u8> {
-    encode_with(zstd_compress(raw), raw)
+    match zstd_compress(raw) {
+        Some(z) if z.len() < raw.len() => tagged(CODEC_ZSTD, &z),
+        _ => tagged(CODEC_RAW, raw),
+    }
 }
 
 /// The stored form of a tree: raw. Trees are a small part of a store (1.5% of the stored
@@ -153,21 +154,13 @@ pub fn encode_blob(raw: &[u8]) -> Vec<u8> {
 /// the path to a change in a fresh process, where even level 1 cost 0.4 ms of a 6 ms
 /// checkpoint (its contexts' first use faults in their tables). Readers take either codec.
 pub fn encode_tree_blob(raw: &[u8]) -> Vec<u8> {
-    encode_with(None, raw)
+    tagged(CODEC_RAW, raw)
 }
 
-fn encode_with(compressed: Option<Vec<u8>>, raw: &[u8]) -> Vec<u8> {
-    if let Some(z) = compressed
-        && z.len() < raw.len()
-    {
-        let mut out = Vec::with_capacity(1 + z.len());
-        out.push(CODEC_ZSTD);
-        out.extend_from_slice(&z);
-        return out;
-    }
-    let mut out = Vec::with_capacity(1 + raw.len());
-    out.push(CODEC_RAW);
-    out.extend_from_slice(raw);
+fn tagged(codec: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + payload.len());
+    out.push(codec);
+    out.extend_from_slice(payload);
     out
 }
 
